@@ -1,0 +1,35 @@
+# peerlab: `make train` (default job) and `make test` are the two set-up commands; both create .venv if needed.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+PYTEST  ?= -q
+
+.PHONY: help install train test test-slow lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned to 2.13.0 in pyproject.toml: a looser spec pulls a multi-GB CUDA build on CPU machines.
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install peerlab with its dev tools
+
+train: $(STAMP)  ## run the default job (dense d2 model, 1e13 FLOPs, embedded corpus); extra overrides: ARGS="layer=peer"
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP)  ## run the test suite (slow end-to-end checks excluded)
+	$(PY) -m pytest $(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)  ## run only the slow end-to-end checks
+	$(PY) -m pytest $(PYTEST) -m slow
+
+lint: $(STAMP)  ## ruff lint
+	$(PY) -m ruff check src tests train.py
+
+clean:  ## remove the virtualenv and local run outputs (not the token cache in ~/.cache/peerlab)
+	rm -rf $(VENV) runs outputs multirun .pytest_cache

@@ -1,0 +1,34 @@
+"""Build the transformer from config: the dense backbone's FFW plus the ``layer`` group's mixer."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from peerlab.config import model_dims
+from peerlab.mixers.ffw import FeedForward
+from peerlab.model import ModelShape, Transformer
+
+# Keys of a ``layer`` config that describe it rather than being constructor arguments.
+LAYER_META_KEYS = ("name",)
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def mixer_factory(layer_cfg: Any):
+    """A partial of the ``layer`` config's ``_target_`` that the model calls with ``d_model`` and ``n_layer``."""
+    kwargs = {k: v for k, v in dict(_plain(layer_cfg)).items() if k not in LAYER_META_KEYS}
+    return instantiate(kwargs, _partial_=True, _convert_="all")
+
+
+def build_model(model_cfg: Any, layer_cfg: Any, vocab_size: int, seq_len: int) -> Transformer:
+    model_cfg = _plain(model_cfg)
+    d_model, n_layer, n_head = model_dims(model_cfg)
+    shape = ModelShape(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, n_head=n_head, seq_len=seq_len)
+    dense = functools.partial(FeedForward, hidden_mult=model_cfg["ffw_mult"], activation=model_cfg["activation"])
+    return Transformer(shape, dense, mixer_factory(layer_cfg), model_cfg["sparse_blocks"])

@@ -1,0 +1,187 @@
+"""Typed schema of the training config, custom resolvers, and the checks that run before any work starts.
+
+The schema is registered in Hydra's ConfigStore as ``train_schema`` and is the first entry of ``train.yaml``'s
+defaults, so a mistyped value (``budget=abc``) fails while Hydra composes, naming its ``full_key``. Range and
+cross-field checks that a type cannot express live in :func:`validate`, each failing with one line that names the
+key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad user-facing config value; its message is the one line the user sees."""
+
+
+def sci(value: float) -> str:
+    """``3e13`` for 3e13: compact, exact scientific notation for run names (``1.5e+19`` -> ``1.5e19``)."""
+    mantissa, exponent = f"{float(value):.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("sci"):
+        OmegaConf.register_new_resolver("sci", sci)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    depth: int = MISSING  # the size dial: width and heads derive from it
+    aspect_ratio: int = 64  # d_model = depth * aspect_ratio unless d_model is set
+    head_dim: int = 64
+    d_model: int | None = None
+    ffw_mult: float = 4.0
+    activation: str = "gelu"
+    sparse_blocks: Any = "middle"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 2e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    groups: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    val_every_steps: int = 100
+    val_batches: int = 20  # batches per periodic validation; the final one uses the whole split
+    log_every_steps: int = 10
+    ckpt_every_steps: int = 200
+    progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "peerlab"
+    entity: str | None = None
+    mode: str = "auto"  # auto: online with an API key, else offline
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    layer: Any = MISSING
+    data: Any = MISSING
+    tokenizer: Any = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    budget: float = 3e13
+    seed: int = 0
+    min_steps: int = 20
+    out_dir: str = "runs"
+    run_name: str = MISSING
+    resume: bool = True
+
+
+def register_schema() -> None:
+    register_resolvers()
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def model_dims(model: DictConfig | dict) -> tuple[int, int, int]:
+    """``(d_model, n_layer, n_head)`` from the size dial."""
+    depth = model["depth"]
+    d_model = model.get("d_model") or depth * model["aspect_ratio"]
+    return d_model, depth, max(1, d_model // model["head_dim"])
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and cross-field checks; raises :class:`ConfigError` with one line naming the key."""
+    b = cfg.budget
+    _require(isinstance(b, float | int) and math.isfinite(b) and b > 0, "budget", b, "must be a positive number of FLOPs, e.g. 3e13")
+    _require(_is_int(cfg.min_steps) and cfg.min_steps >= 1, "min_steps", cfg.min_steps, "must be an integer >= 1")
+
+    m = cfg.model
+    _require(m.depth >= 1, "model.depth", m.depth, "must be an integer >= 1")
+    _require(m.aspect_ratio >= 1, "model.aspect_ratio", m.aspect_ratio, "must be an integer >= 1")
+    _require(m.head_dim >= 1, "model.head_dim", m.head_dim, "must be an integer >= 1")
+    _require(m.d_model is None or m.d_model >= 1, "model.d_model", m.d_model, "must be null (derived) or >= 1")
+    d_model, _, n_head = model_dims(m)
+    _require(d_model % m.head_dim == 0, "model.head_dim", m.head_dim, f"must divide d_model={d_model}")
+    _require(m.ffw_mult > 0, "model.ffw_mult", m.ffw_mult, "must be > 0")
+    sb = m.sparse_blocks
+    if isinstance(sb, ListConfig):
+        sb = list(sb)
+    ok = sb in ("middle", "all", "none") or (isinstance(sb, list) and all(_is_int(i) and 0 <= i < m.depth for i in sb))
+    _require(ok, "model.sparse_blocks", sb, f"allowed: 'middle', 'all', 'none' or a list of block indices in [0, {m.depth})")
+
+    _require(isinstance(cfg.layer, DictConfig) and "_target_" in cfg.layer, "layer", cfg.layer, "must be a config group option with a _target_ (layer=ffw|moe|pkm|peer)")
+
+    d = cfg.data
+    for key in ("seq_len", "batch_size"):
+        _require(_is_int(d.get(key)) and d.get(key) >= 1, f"data.{key}", d.get(key), "must be an integer >= 1")
+    _require(isinstance(d.get("val_fraction"), float) and 0 < d.val_fraction < 1, "data.val_fraction", d.get("val_fraction"), "must be in (0, 1)")
+    for f in d.get("files") or []:
+        _require(Path(f).expanduser().is_file(), "data.files", f, "file does not exist")
+    if not (d.get("sources") or d.get("files")):
+        raise ConfigError("data.sources=[] and data.files=[]: give at least one source (wikipedia, lee) or a file")
+
+    t = cfg.tokenizer
+    _require(t.get("kind") in ("bpe", "gpt2"), "tokenizer.kind", t.get("kind"), "allowed: 'bpe', 'gpt2'")
+    if t.kind == "bpe":
+        _require(_is_int(t.get("vocab_size")) and 258 <= t.vocab_size <= 1 << 20, "tokenizer.vocab_size", t.get("vocab_size"), "must be an integer in [258, 1048576]")
+
+    o = cfg.optim
+    _require(o.name in ("adamw",), "optim.name", o.name, "allowed: 'adamw'")
+    _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _require(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", o.warmup_fraction, "must be in [0, 1)")
+    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    _require(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+
+    tr = cfg.trainer
+    for key in ("accumulate_grad_batches", "val_every_steps", "val_batches", "log_every_steps", "ckpt_every_steps", "num_nodes"):
+        _require(tr[key] >= 1, f"trainer.{key}", tr[key], "must be an integer >= 1")
+    _require(cfg.logger.wandb.mode in ("auto", "online", "offline", "disabled"), "logger.wandb.mode", cfg.logger.wandb.mode, "allowed: auto, online, offline, disabled")
+
+    out = Path(cfg.out_dir).expanduser()
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    _require(os.access(probe, os.W_OK), "out_dir", cfg.out_dir, f"is not writable ({probe})")

@@ -1,0 +1,1 @@
+"""Data: corpora, tokenizers, the tokenized memmap cache and the LightningDataModule that packs it."""

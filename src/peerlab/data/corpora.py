@@ -1,0 +1,156 @@
+"""Text sources that need no network at run time, and the fixed train/validation split.
+
+``wikipedia``: the shortened English Wikipedia dump that ships with gensim's test data (106 articles, ~3 M
+characters of encyclopedic prose, CC BY-SA). It is the closest to C4's web English of any text on PyPI, so it is
+the default. ``lee``: the Lee news corpus from the same package (300 short news articles, ~0.36 M characters).
+``files``: local UTF-8 ``.txt`` (one document per file) or ``.jsonl`` (one ``{"text": ...}`` per line).
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+LEE_SAMPLE = "lee_background.cor"
+MIN_WIKI_CHARS = 500  # stubs and redirects carry no prose worth training on
+
+
+class CorpusError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str
+    title: str
+    text: str
+
+
+def _gensim_datapath(name: str) -> str:
+    # gensim.test.utils builds a toy dictionary on import and logs about it at INFO.
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    try:
+        from gensim.test.utils import datapath
+    except ImportError as exc:  # pragma: no cover - gensim is a hard dependency
+        raise CorpusError("data.sources: 'wikipedia'/'lee' need gensim (pip install gensim)") from exc
+    return datapath(name)
+
+
+def _clean_wiki(markup: str) -> str:
+    from gensim.corpora.wikicorpus import filter_wiki
+
+    text = re.sub(r"'{2,}", "", filter_wiki(markup))  # bold/italic quote marks
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"[ \t]+", " ", line).strip()
+        line = re.sub(r"^=+\s*(.*?)\s*=+$", r"\1", line)  # "==History==" -> "History"
+        # filter_wiki leaves table and infobox debris such as "|}" or "! col".
+        if line.strip("*;:# ") and line[0] not in "|!{}":
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def wikipedia_documents() -> list[Document]:
+    from gensim.corpora.wikicorpus import extract_pages
+
+    docs = []
+    with bz2.open(_gensim_datapath(WIKI_SAMPLE), "rb") as fh:
+        for title, markup, _page_id in extract_pages(fh):
+            if markup.lstrip().lower().startswith("#redirect"):
+                continue
+            text = _clean_wiki(markup)
+            if len(text) >= MIN_WIKI_CHARS:
+                docs.append(Document("wikipedia", title, text))
+    return docs
+
+
+def lee_documents() -> list[Document]:
+    path = Path(_gensim_datapath(LEE_SAMPLE))
+    lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
+    return [Document("lee", f"lee-{i}", line.strip()) for i, line in enumerate(lines) if line.strip()]
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    if b"\x00" in raw[:65536]:
+        raise CorpusError(f"data.files: {path} looks binary (NUL bytes); expected UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"data.files: {path} is not valid UTF-8 (byte {exc.start}); re-encode it as UTF-8") from None
+
+
+def file_documents(paths: Sequence[str | Path]) -> list[Document]:
+    docs = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.is_file():
+            raise CorpusError(f"data.files: {path} does not exist or is not a file")
+        text = _decode(path, path.read_bytes())
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(f"data.files: {path}:{n} is not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise CorpusError(f"data.files: {path}:{n} has no string field 'text'")
+                docs.append(Document("files", f"{path.name}:{n}", record["text"]))
+        else:
+            docs.append(Document("files", path.name, text))
+    return docs
+
+
+SOURCES = {"wikipedia": wikipedia_documents, "lee": lee_documents}
+
+
+def load_documents(sources: Iterable[str], files: Sequence[str | Path] = ()) -> list[Document]:
+    docs: list[Document] = []
+    for name in sources:
+        if name not in SOURCES:
+            raise CorpusError(f"data.sources: {name!r} is not a known source; allowed: {sorted(SOURCES)}")
+        docs.extend(SOURCES[name]())
+    docs.extend(file_documents(files))
+    docs = [d for d in docs if d.text.strip()]
+    if not docs:
+        raise CorpusError("data: the corpus is empty (no non-blank documents in data.sources / data.files)")
+    return docs
+
+
+def _doc_key(doc: Document) -> str:
+    return hashlib.sha1(f"{doc.source}\0{doc.title}\0{doc.text}".encode()).hexdigest()
+
+
+def split_documents(docs: Sequence[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """Whole documents go to validation, in a fixed order (by content hash), until ``val_fraction`` of the
+    characters are held out. The split depends only on the documents, never on a seed or on file order."""
+    if not 0 < val_fraction < 1:
+        raise CorpusError(f"data.val_fraction={val_fraction}: must be in (0, 1)")
+    if len(docs) < 2:
+        raise CorpusError(f"data: {len(docs)} document(s); need at least 2 to hold one out for validation")
+    ordered = sorted(docs, key=_doc_key)
+    target = val_fraction * sum(len(d.text) for d in docs)
+    val, held = [], 0
+    for doc in ordered:
+        if held >= target or len(val) == len(docs) - 1:
+            break
+        val.append(doc)
+        held += len(doc.text)
+    val_keys = {_doc_key(d) for d in val}
+    train = [d for d in docs if _doc_key(d) not in val_keys]
+    return train, val
+
+
+def fingerprint(docs: Sequence[Document]) -> str:
+    h = hashlib.sha256()
+    for doc in docs:
+        h.update(_doc_key(doc).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,115 @@
+"""The LightningDataModule: corpus -> tokenizer -> cached token files -> packed ``seq_len`` blocks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from peerlab.data import corpora, token_cache
+from peerlab.data.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class PackedBlocks(Dataset):
+    """Non-overlapping blocks of a flat token stream: item ``i`` is ``(x, y)`` with ``y`` = ``x`` shifted by one."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.n_blocks = (len(tokens) - 1) // seq_len
+        if self.n_blocks < 1:
+            raise ValueError(f"data: {len(tokens)} tokens cannot fill one block of seq_len={seq_len}")
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = i * self.seq_len
+        chunk = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        seq_len: int,
+        batch_size: int,
+        tokenizer: dict,
+        sources: list[str] | None = None,
+        files: list[str] | None = None,
+        val_fraction: float = 0.05,
+        cache_dir: str = "~/.cache/peerlab",
+        num_workers: int = 0,
+        seed: int = 0,
+        name: str = "embedded",
+    ) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.tokenizer_cfg = dict(tokenizer)
+        self.sources = list(sources or [])
+        self.files = list(files or [])
+        self.val_fraction = val_fraction
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.num_workers = num_workers
+        self.seed = seed
+        self.name = name
+        self.tokenizer = None
+        self.manifest: dict | None = None
+        self._entry: Path | None = None
+
+    def prepare_data(self) -> None:
+        """Build (or verify) the tokenizer and the token cache; cheap when both exist and are intact."""
+        docs = corpora.load_documents(self.sources, self.files)
+        train_docs, val_docs = corpora.split_documents(docs, self.val_fraction)
+        corpus_key = f"{self.name}-{corpora.fingerprint(docs)}-v{self.val_fraction}"
+        train_texts = [d.text for d in train_docs]
+        tok = build_tokenizer(
+            self.tokenizer_cfg.get("kind", "bpe"),
+            train_texts,
+            int(self.tokenizer_cfg.get("vocab_size", 4096)),
+            self.cache_dir,
+            corpus_key,
+        )
+        entry = token_cache.entry_dir(self.cache_dir, corpus_key, tok)
+        manifest = token_cache.verify(entry, tok)
+        if manifest is None:
+            if entry.exists():
+                log.warning("token cache %s is incomplete or corrupt: rebuilding it", entry)
+            manifest = token_cache.build(
+                entry, tok, {"train": train_texts, "val": [d.text for d in val_docs]},
+                meta={"corpus": corpus_key, "sources": self.sources, "files": [str(f) for f in self.files]},
+            )
+        self.tokenizer, self.manifest, self._entry = tok, manifest, entry
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.manifest is None:
+            self.prepare_data()
+        assert self._entry is not None and self.manifest is not None
+        self.train_set = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "train"), self.seq_len)
+        self.val_set = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "val"), self.seq_len)
+
+    @property
+    def vocab_size(self) -> int:
+        assert self.tokenizer is not None, "call prepare_data() first"
+        return self.tokenizer.get_vocab_size()
+
+    def split_tokens(self, split: str) -> int:
+        assert self.manifest is not None
+        return int(self.manifest["splits"][split]["tokens"])
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+            generator=generator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

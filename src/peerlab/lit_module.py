@@ -1,0 +1,158 @@
+"""The one LightningModule: next-token loss, optimizer groups and schedule, FLOP/token/usage logging."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from peerlab.builders import build_model
+from peerlab.flops import flops_breakdown
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine"):
+    """Linear warmup then cosine decay to ``min_ratio`` at ``total_steps`` (or constant after warmup)."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+class LanguageModel(L.LightningModule):
+    def __init__(
+        self,
+        model: dict,
+        layer: dict,
+        optim: dict,
+        vocab_size: int,
+        seq_len: int,
+        tokens_per_step: int,
+        max_steps: int,
+        budget: float,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, layer, vocab_size, seq_len)
+        self.optim_cfg = optim
+        self.tokens_per_step = tokens_per_step
+        self.max_steps = max_steps
+        self.budget = budget
+        self.flops = flops_breakdown(self.model)
+        self.tokenizer_json: str | None = None  # stored with every checkpoint
+        self._t_last: float | None = None
+        self._tok_per_s = 0.0
+        self._val_sum = 0.0
+        self._val_count = 0
+
+    # ------------------------------------------------------------------ progress counters
+    def flops_done(self, steps: int | None = None) -> int:
+        steps = self.global_step if steps is None else steps
+        return steps * self.flops.train * self.tokens_per_step
+
+    def tokens_done(self, steps: int | None = None) -> int:
+        steps = self.global_step if steps is None else steps
+        return steps * self.tokens_per_step
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.model.loss(x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
+        total = loss
+        for name, term in self.model.aux_losses().items():
+            total = total + term
+            self.log(f"train/aux/{name}", term.detach(), on_step=True)
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
+        return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last is not None:
+            rate = batch[0].numel() * self.trainer.world_size / (now - self._t_last)
+            self._tok_per_s = rate if self._tok_per_s == 0 else 0.9 * self._tok_per_s + 0.1 * rate
+        self._t_last = now
+        # global_step counts optimizer steps already taken, so these are totals after this step.
+        self.log("flops", float(self.flops_done()), on_step=True)
+        self.log("tokens", float(self.tokens_done()), on_step=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        self.log("tok/s", self._tok_per_s, on_step=True, prog_bar=True)
+        self.log("budget%", 100.0 * self.flops_done() / self.budget, on_step=True, prog_bar=True)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_count = 0.0, 0
+        for mixer in self.model.mixers:
+            mixer.reset_usage()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        loss = self.model.loss(x, y)
+        self._val_sum += loss.item() * y.numel()
+        self._val_count += y.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_count == 0:
+            return
+        totals = self.all_gather(torch.tensor([self._val_sum, float(self._val_count)], dtype=torch.float64))
+        totals = totals.reshape(-1, 2).sum(0)
+        val_loss = (totals[0] / totals[1]).item()
+        self.log("val/loss", val_loss, sync_dist=False, prog_bar=True)
+        self.log("val/ppl", math.exp(min(val_loss, 50.0)))
+        self.log("flops", float(self.flops_done()))
+        self.log("tokens", float(self.tokens_done()))
+        for name, value in self.usage_stats().items():
+            self.log(name, value)
+
+    def usage_stats(self) -> dict[str, float]:
+        stats = {}
+        for i, mixer in enumerate(self.model.mixers):
+            for key, value in mixer.usage_stats().items():
+                stats[f"val/{key}" if len(self.model.sparse_blocks) <= 1 else f"val/block{i}/{key}"] = value
+        return stats
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        special = {name: params for m in self.model.mixers for name, params in m.optimizer_groups().items()}
+        special_ids = {id(p) for params in special.values() for p in params}
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if id(p) in special_ids or not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": cfg["weight_decay"], "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        ]
+        schedules = ["cosine", "cosine"]
+        overrides = cfg.get("groups") or {}
+        for name in sorted(special):
+            params = list({id(p): p for p in special[name]}.values())
+            o = overrides.get(name, {})
+            groups.append({"params": params, "weight_decay": o.get("weight_decay", cfg["weight_decay"]),
+                           "lr": o.get("lr", cfg["lr"]), "name": name})
+            schedules.append(o.get("schedule", "cosine"))
+        kept = [(g, s) for g, s in zip(groups, schedules, strict=True) if g["params"]]
+        groups, schedules = [g for g, _ in kept], [s for _, s in kept]
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"])
+        warmup = max(1, round(cfg["warmup_fraction"] * self.max_steps)) if cfg["warmup_fraction"] > 0 else 0
+        lambdas = [lr_lambda(warmup, self.max_steps, cfg["min_lr_ratio"], s) for s in schedules]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokenizer_json = checkpoint.get("tokenizer")

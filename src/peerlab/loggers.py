@@ -1,0 +1,76 @@
+"""Experiment loggers: W&B (primary, charts against cumulative FLOPs) and CSV (always, for analysis offline)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def wandb_has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto`` -> ``online`` when an API key is configured, else ``offline``; ``WANDB_MODE`` wins if set."""
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if env == "dryrun" else env
+    if requested != "auto":
+        return requested
+    return "online" if wandb_has_api_key() else "offline"
+
+
+def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    w = cfg.logger.wandb
+    mode = wandb_mode(w.mode) if w.enabled else "disabled"
+    if mode == "disabled":
+        return loggers
+    # A stable id per run directory makes a resumed run append to the same W&B run instead of starting anew.
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
+    wandb_logger = WandbLogger(
+        project=w.project, entity=w.entity, group=w.group, tags=list(w.tags), name=run_name, id=run_id,
+        save_dir=str(run_dir), offline=(mode == "offline"), resume="allow", config=config,
+        settings=_wandb_settings(mode),
+    )
+    experiment = wandb_logger.experiment
+    # Loss against FLOPs is the chart that matters for isoFLOP work: make cumulative FLOPs every chart's x-axis.
+    experiment.define_metric("flops")
+    experiment.define_metric("*", step_metric="flops")
+    if mode == "offline":
+        log.info("W&B is offline (no API key); upload later with: wandb sync %s", Path(experiment.dir).parent)
+    loggers.append(wandb_logger)
+    return loggers
+
+
+def _wandb_settings(mode: str):
+    import wandb
+
+    # Fail within seconds rather than minutes when online but the servers cannot be reached.
+    return wandb.Settings(init_timeout=30, silent=True) if mode == "online" else wandb.Settings(silent=True)
+
+
+def finish_loggers(loggers: list[Logger], status: str) -> None:
+    """Flush every logger; W&B's background process writes its last rows only when the run is finished."""
+    for lg in loggers:
+        lg.finalize(status)
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish(exit_code=0 if status == "success" else 1)

@@ -1,0 +1,148 @@
+"""Decoder-only pre-norm transformer whose feed-forward mixer is chosen per block by a factory.
+
+The model knows nothing about particular mixers: blocks listed in ``sparse_blocks`` get ``sparse_mixer(...)``,
+the others get ``dense_mixer(...)``. Both factories take ``d_model`` and ``n_layer`` keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peerlab.mixers.base import Mixer
+
+MixerFactory = Callable[..., Mixer]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything that fixes the transformer's size, derived from the ``model`` config."""
+
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    n_head: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "d_model", "n_layer", "n_head", "seq_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key}={getattr(self, key)}: must be >= 1")
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+
+
+def resolve_sparse_blocks(spec: str | int | Sequence[int], n_layer: int) -> list[int]:
+    """Block indices (0-based) that get the chosen layer.
+
+    ``"middle"`` is the paper's default: block ``(n_layer - 1) // 2``, i.e. block 6 of 12 counted from 1.
+    ``"all"`` replaces every block's FFW; ``"none"`` keeps the dense backbone; a list names blocks explicitly.
+    """
+    if isinstance(spec, str):
+        if spec == "middle":
+            return [(n_layer - 1) // 2]
+        if spec == "all":
+            return list(range(n_layer))
+        if spec == "none":
+            return []
+        raise ValueError(
+            f"model.sparse_blocks={spec!r}: allowed are 'middle', 'all', 'none' or a list of block indices"
+        )
+    blocks = [spec] if isinstance(spec, int) else list(spec)
+    for b in blocks:
+        if not isinstance(b, int) or not 0 <= b < n_layer:
+            raise ValueError(f"model.sparse_blocks={list(blocks)}: block {b!r} is not in [0, {n_layer})")
+    return sorted(set(blocks))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int, n_layer: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        nn.init.normal_(self.qkv.weight, std=0.02)
+        nn.init.normal_(self.proj.weight, std=0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, heads, t, d_head)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: ModelShape, mixer: Mixer) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(shape.d_model)
+        self.attn = CausalSelfAttention(shape.d_model, shape.n_head, shape.n_layer)
+        self.ln_mixer = nn.LayerNorm(shape.d_model)
+        self.mixer = mixer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x))
+        return x + self.mixer(self.ln_mixer(x))
+
+
+class Transformer(nn.Module):
+    """GPT-style LM: token + learned position embeddings, pre-LN blocks, final LN, head tied to the embedding."""
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        dense_mixer: MixerFactory,
+        sparse_mixer: MixerFactory | None = None,
+        sparse_blocks: str | int | Sequence[int] = "middle",
+    ) -> None:
+        super().__init__()
+        self.shape = shape
+        self.sparse_blocks = resolve_sparse_blocks(sparse_blocks, shape.n_layer) if sparse_mixer else []
+        self.tok_emb = nn.Embedding(shape.vocab_size, shape.d_model)
+        self.pos_emb = nn.Embedding(shape.seq_len, shape.d_model)
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        blocks = []
+        for i in range(shape.n_layer):
+            factory = sparse_mixer if i in self.sparse_blocks else dense_mixer
+            blocks.append(Block(shape, factory(d_model=shape.d_model, n_layer=shape.n_layer)))
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_f = nn.LayerNorm(shape.d_model)
+
+    @property
+    def mixers(self) -> list[Mixer]:
+        return [block.mixer for block in self.blocks]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
+        t = idx.shape[1]
+        if t > self.shape.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model's seq_len={self.shape.seq_len}")
+        x = self.tok_emb(idx) + self.pos_emb.weight[:t]
+        for block in self.blocks:
+            x = block(x)
+        return F.linear(self.ln_f(x), self.tok_emb.weight)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self(idx)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        for i, mixer in enumerate(self.mixers):
+            for name, value in mixer.aux_losses().items():
+                terms[f"block{i}/{name}"] = value
+        return terms
+
+    def num_params(self) -> int:
+        """Total parameters (the tied head counted once, position embeddings included)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def active_params(self) -> int:
+        """Parameters used for one token: sparse mixers count only the experts/memories a token touches."""
+        mixer_total = sum(p.numel() for m in self.mixers for p in m.parameters())
+        return self.num_params() - mixer_total + sum(m.active_params() for m in self.mixers)

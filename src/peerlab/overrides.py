@@ -1,0 +1,33 @@
+"""Check ``group=option`` command-line overrides before Hydra composes, so a typo costs one clear line.
+
+Hydra's own message for an unknown option spans a dozen lines (the config search path included); this catches
+the common forms (``layer=peer``, ``model=d4,d6`` sweeps, ``+group=x``) and leaves the rest to Hydra.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+SIMPLE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+
+
+def group_options(config_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def check_group_overrides(argv: Sequence[str], config_dir: Path) -> str | None:
+    """An error line for the first override naming a missing option of a config group, else ``None``."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if "." in key or not (config_dir / key).is_dir() or not SIMPLE_VALUE.match(value):
+            continue
+        allowed = group_options(config_dir, key)
+        for option in value.split(","):
+            if option not in allowed:
+                return f"{key}={option!r} is not an option of config group '{key}'; allowed: {', '.join(allowed)}"
+    return None

@@ -1,0 +1,227 @@
+"""``run(cfg)``: data -> model -> FLOP budget -> Lightning Trainer -> final evaluation -> ``results.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from peerlab import __version__
+from peerlab.config import validate
+from peerlab.data.datamodule import TextDataModule
+from peerlab.flops import plan_budget
+from peerlab.lit_module import LanguageModel
+from peerlab.loggers import build_loggers, finish_loggers
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+RUN_CONFIG = "run_config.yaml"
+# Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
+NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """Hydra's output directory when running under ``@hydra.main``, else ``out_dir/run_name``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.out_dir).expanduser() / cfg.run_name
+
+
+def world_size(trainer_cfg: Any) -> int:
+    devices = trainer_cfg.devices
+    if isinstance(devices, int) and devices > 0:
+        n = devices
+    elif isinstance(devices, list | tuple) or OmegaConf.is_list(devices):
+        n = len(devices)
+    else:  # "auto" / -1: every visible accelerator, or one CPU process
+        n = max(1, torch.cuda.device_count()) if trainer_cfg.accelerator in ("auto", "gpu", "cuda") else 1
+    return n * trainer_cfg.num_nodes
+
+
+def read_results(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / RESULTS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    tmp = run_dir / (RESULTS + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(run_dir / RESULTS)
+
+
+def _identity(cfg: DictConfig) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
+
+
+def _check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+    saved = run_dir / RUN_CONFIG
+    if not saved.is_file():
+        OmegaConf.save(cfg, saved, resolve=True)
+        return
+    old = _identity(OmegaConf.load(saved))
+    new = _identity(cfg)
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        from peerlab.config import ConfigError
+
+        raise ConfigError(
+            f"run_name={cfg.run_name!r}: {run_dir} holds a run with a different config (differs in {', '.join(diff)}); "
+            "choose another run_name= or out_dir=, or delete that directory"
+        )
+
+
+def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
+    """Token-averaged loss over a whole split in eval mode, plus the mixers' usage statistics."""
+    model = module.model
+    was_training = model.training
+    model.eval()
+    for mixer in model.mixers:
+        mixer.reset_usage()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(module.device), y.to(module.device)
+            total += model.loss(x, y).item() * y.numel()
+            count += y.numel()
+    stats = module.usage_stats()
+    model.train(was_training)
+    return total / count, stats
+
+
+def run(cfg: DictConfig) -> dict:
+    t0 = time.time()
+    validate(cfg)
+    run_dir = output_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_results(run_dir)
+    if cfg.resume and previous and previous.get("status") == "completed":
+        log.info("%s already holds a completed run (results.json); nothing to do. Delete it to rerun.", run_dir)
+        return previous
+    _check_same_run(run_dir, cfg)
+
+    L.seed_everything(cfg.seed, workers=True)
+    data = cfg.data
+    dm = TextDataModule(
+        seq_len=data.seq_len, batch_size=data.batch_size, tokenizer=OmegaConf.to_container(cfg.tokenizer),
+        sources=list(data.sources or []), files=list(data.files or []), val_fraction=data.val_fraction,
+        cache_dir=data.cache_dir, num_workers=data.num_workers, seed=cfg.seed, name=data.name,
+    )
+    dm.prepare_data()
+
+    n_procs = world_size(cfg.trainer)
+    tokens_per_step = data.batch_size * data.seq_len * cfg.trainer.accumulate_grad_batches * n_procs
+    as_dict = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    module_args = dict(
+        model=as_dict(cfg.model), layer=as_dict(cfg.layer), optim=as_dict(cfg.optim), vocab_size=dm.vocab_size,
+        seq_len=data.seq_len, tokens_per_step=tokens_per_step, budget=float(cfg.budget),
+    )
+    probe = LanguageModel(**module_args, max_steps=1)
+    plan = plan_budget(float(cfg.budget), probe.flops.train, tokens_per_step, cfg.min_steps)
+    torch.manual_seed(cfg.seed)
+    module = LanguageModel(**module_args, max_steps=plan.max_steps)
+    del probe
+    module.tokenizer_json = dm.tokenizer.to_str()
+
+    config = as_dict(cfg)
+    loggers = build_loggers(cfg, run_dir, cfg.run_name, config)
+    ckpt_dir = run_dir / "checkpoints"
+    last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=1,
+                                every_n_train_steps=cfg.trainer.ckpt_every_steps, auto_insert_metric_name=False)
+    best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                auto_insert_metric_name=False)
+    callbacks = [last_ckpt, best_ckpt]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_steps)))
+    tr = cfg.trainer
+    trainer = L.Trainer(
+        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy,
+        precision=tr.precision, max_steps=plan.max_steps, max_epochs=-1,
+        accumulate_grad_batches=tr.accumulate_grad_batches, gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=min(tr.val_every_steps, plan.max_steps) * tr.accumulate_grad_batches,
+        check_val_every_n_epoch=None, limit_val_batches=tr.val_batches, num_sanity_val_steps=0,
+        log_every_n_steps=tr.log_every_steps, logger=loggers, callbacks=callbacks,
+        enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
+        default_root_dir=str(run_dir),
+    )
+    resume_from = ckpt_dir / "last.ckpt"
+    ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+
+    results: dict[str, Any] = {
+        "status": "running", "run_dir": str(run_dir), "config": config, "budget": float(cfg.budget),
+        "params_total": module.model.num_params(), "params_active": module.model.active_params(),
+        "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
+        "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
+        "tokens_per_step": tokens_per_step, "max_steps": plan.max_steps, "world_size": n_procs,
+        "vocab_size": dm.vocab_size, "tokenizer": dict(cfg.tokenizer), "train_tokens_available": dm.split_tokens("train"),
+        "val_tokens": dm.split_tokens("val"), "versions": {"peerlab": __version__, "torch": torch.__version__,
+                                                           "lightning": L.__version__, "python": platform.python_version()},
+    }
+    log.info("run dir: %s | params %.3gM (active %.3gM) | %.3g train FLOPs/token | %d steps x %d tokens = %.4g FLOPs of %.4g budget",
+             run_dir, results["params_total"] / 1e6, results["params_active"] / 1e6, module.flops.train,
+             plan.max_steps, tokens_per_step, plan.flops, plan.budget)
+    t_fit = time.time()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except BaseException as exc:
+        results.update(status="diverged" if isinstance(exc, FloatingPointError) else "failed",
+                       error=f"{type(exc).__name__}: {exc}", steps=module.global_step,
+                       flops=module.flops_done(), wall_time_s=time.time() - t0)
+        if trainer.is_global_zero:
+            write_results(run_dir, results)
+        finish_loggers(loggers, "failed")
+        raise
+    fit_time = time.time() - t_fit
+
+    if not trainer.is_global_zero:
+        return results
+    val_loss, usage = evaluate(module, dm.val_dataloader())
+    final = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)), **usage,
+             "flops": float(module.flops_done()), "tokens": float(module.tokens_done())}
+    for logger in loggers:
+        logger.log_metrics({f"final/{k}" if k.startswith("val/") else k: v for k, v in final.items()}, step=module.global_step)
+        logger.save()
+    wandb_dir = next((str(Path(lg.experiment.dir).parent) for lg in loggers if lg.__class__.__name__ == "WandbLogger"), None)
+    results.update(
+        status="completed", steps=module.global_step, tokens=module.tokens_done(), flops=module.flops_done(),
+        epochs=module.tokens_done() / dm.split_tokens("train"), final_val_loss=val_loss,
+        final_val_ppl=final["val/ppl"], usage=usage, wall_time_s=time.time() - t0, fit_time_s=fit_time,
+        train_tokens_per_s=module.tokens_done() / fit_time if fit_time > 0 and not ckpt_path else None,
+        checkpoints={"last": str(resume_from), "best": best_ckpt.best_model_path or None},
+        csv=str(run_dir / "csv" / "metrics.csv"), wandb_dir=wandb_dir,
+    )
+    write_results(run_dir, results)
+    finish_loggers(loggers, "success")
+    print(summary(results), flush=True)
+    return results
+
+
+def summary(results: dict) -> str:
+    lines = [
+        f"done: {results['steps']} steps, {results['tokens']:.4g} tokens, {results['flops']:.4g} FLOPs "
+        f"({results['epochs']:.2f} epochs), final val loss {results['final_val_loss']:.4f} "
+        f"(ppl {results['final_val_ppl']:.2f}) in {results['wall_time_s']:.0f} s",
+        f"  results:     {results['run_dir']}/{RESULTS}",
+        f"  metrics:     {results['csv']}",
+        f"  checkpoints: {results['checkpoints']['last']} (best: {results['checkpoints']['best']})",
+        f"  logs:        {results['run_dir']}/train.log",
+    ]
+    if results.get("wandb_dir"):
+        lines.append(f"  W&B run:     {results['wandb_dir']} (offline runs upload with: wandb sync {results['wandb_dir']})")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""train.py end to end on a tiny model: budgets, logs, results.json, W&B offline, resume, multirun."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import TINY, run_train
+from peerlab.config import ConfigError
+from peerlab.train import run
+from peerlab.wandb_offline import find_run_file, history
+
+BUDGET = "1.3e10"  # ~60 steps of the TINY model
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIGS
+    from peerlab.config import register_schema
+
+    register_schema()
+    out = tmp_path_factory.mktemp("runs")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TINY, f"budget={BUDGET}", f"out_dir={out}"])
+    results = run(cfg)
+    return cfg, results
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_results_json_is_complete(finished):
+    cfg, results = finished
+    on_disk = json.loads((__import__("pathlib").Path(results["run_dir"]) / "results.json").read_text())
+    assert on_disk["status"] == "completed"
+    for key in ("config", "params_total", "params_active", "flops_per_token_forward", "flops_per_token_train",
+                "tokens", "steps", "budget", "final_val_loss", "final_val_ppl", "wall_time_s", "tokenizer"):
+        assert on_disk[key] is not None, key
+    assert on_disk["params_active"] == on_disk["params_total"]  # dense model
+    assert on_disk["config"]["layer"]["name"] == "ffw"
+    assert on_disk["flops_per_token_train"] == 3 * on_disk["flops_per_token_forward"]
+
+
+def test_budget_is_spent_to_within_one_step(finished):
+    _, r = finished
+    per_step = r["flops_per_token_train"] * r["tokens_per_step"]
+    assert r["flops"] <= r["budget"] < r["flops"] + per_step
+    assert r["steps"] == r["max_steps"] == int(r["budget"] // per_step)
+
+
+def test_loss_goes_down_and_flops_are_monotonic(finished):
+    _, r = finished
+    rows = read_csv(r["csv"])
+    train = [row for row in rows if row.get("train/loss")]
+    assert len(train) >= r["steps"] - 1
+    losses = [float(row["train/loss"]) for row in train]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    flops = [float(row["flops"]) for row in rows if row.get("flops")]
+    assert all(a <= b for a, b in zip(flops, flops[1:], strict=False))
+    assert abs(flops[-1] - r["flops"]) <= 1e-6 * r["flops"]
+    assert r["final_val_loss"] < losses[0]
+    assert any(row.get("val/loss") for row in rows)
+
+
+def test_wandb_offline_run_records_loss_against_flops(finished):
+    _, r = finished
+    rows = history(find_run_file(r["run_dir"]))
+    train = [row for row in rows if "train/loss" in row]
+    assert train and all("flops" in row for row in train)
+    csv_losses = [float(row["train/loss"]) for row in read_csv(r["csv"]) if row.get("train/loss")]
+    assert [row["train/loss"] for row in train] == pytest.approx(csv_losses, rel=1e-6)
+    assert rows[-1]["flops"] == pytest.approx(r["flops"], rel=1e-6)
+
+
+def test_checkpoint_carries_tokenizer(finished):
+    import torch
+    from tokenizers import Tokenizer
+
+    _, r = finished
+    ckpt = torch.load(r["checkpoints"]["last"], map_location="cpu", weights_only=False)
+    tok = Tokenizer.from_str(ckpt["tokenizer"])
+    assert tok.get_vocab_size() == r["vocab_size"]
+    assert ckpt["global_step"] == r["steps"]
+
+
+def test_rerun_of_a_completed_run_does_nothing(finished):
+    cfg, r = finished
+    again = run(cfg)
+    assert again["wall_time_s"] == r["wall_time_s"]
+
+
+def test_rerun_with_other_config_in_same_dir_is_refused(finished, compose):
+    cfg, r = finished
+    other = compose(f"budget={BUDGET}", f"out_dir={cfg.out_dir}", f"run_name={cfg.run_name}", "optim.lr=1e-4")
+    import pathlib
+
+    (pathlib.Path(r["run_dir"]) / "results.json").rename(pathlib.Path(r["run_dir"]) / "results.json.bak")
+    try:
+        with pytest.raises(ConfigError, match="differs in optim"):
+            run(other)
+    finally:
+        (pathlib.Path(r["run_dir"]) / "results.json.bak").rename(pathlib.Path(r["run_dir"]) / "results.json")
+
+
+def test_multirun_2x2_writes_four_results(tmp_path, cache_dir):
+    proc = run_train("-m", *TINY, "budget=6e9,8e9", "seed=0,1", f"out_dir={tmp_path}",
+                     "hydra.sweep.dir=" + str(tmp_path / "sweep"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 4, list((tmp_path / "sweep").iterdir())
+    parsed = [json.loads(p.read_text()) for p in results]
+    assert {(p["budget"], p["config"]["seed"]) for p in parsed} == {(6e9, 0), (6e9, 1), (8e9, 0), (8e9, 1)}
+    assert all(p["status"] == "completed" for p in parsed)
+    assert "done:" in proc.stdout
