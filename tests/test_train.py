@@ -118,3 +118,19 @@ def test_multirun_2x2_writes_four_results(tmp_path, cache_dir):
     assert {(p["budget"], p["config"]["seed"]) for p in parsed} == {(6e9, 0), (6e9, 1), (8e9, 0), (8e9, 1)}
     assert all(p["status"] == "completed" for p in parsed)
     assert "done:" in proc.stdout
+
+
+@pytest.mark.parametrize("layer,size", [("peer", "layer.n_experts=1024"), ("pkm", "layer.n_memories=1024")])
+def test_sparse_layer_trains_end_to_end_with_usage_metrics(compose, tmp_path, layer, size):
+    cfg = compose(f"layer={layer}", size, "layer.d_key=16", "layer.heads=4", "layer.k=8", "budget=1.5e10",
+                  f"out_dir={tmp_path}")
+    r = run(cfg)
+    assert r["status"] == "completed"
+    assert r["params_active"] < r["params_total"]
+    n_sparse = (1024 * 2 * 64) if layer == "peer" else 1024 * 64  # expert/memory tables of the tiny model
+    assert r["params_total"] - r["params_active"] >= n_sparse - 4 * 8 * 64 * 2
+    assert 0 < r["usage"]["val/expert_usage"] <= 1
+    assert r["usage"]["val/unevenness"] >= 0
+    rows = read_csv(r["csv"])
+    assert any(row.get("val/expert_usage") for row in rows if "final" not in row)
+    assert r["final_val_loss"] < 6.5

@@ -4,5 +4,6 @@ from peerlab.config import ConfigError
 from peerlab.data.corpora import CorpusError
 from peerlab.data.tokenizer import TokenizerError
 from peerlab.flops import BudgetTooSmall
+from peerlab.mixers.base import MixerConfigError
 
-USER_ERRORS = (ConfigError, CorpusError, TokenizerError, BudgetTooSmall)
+USER_ERRORS = (ConfigError, CorpusError, TokenizerError, BudgetTooSmall, MixerConfigError)

@@ -85,6 +85,16 @@ def _check_same_run(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
+def check_mixer(cfg: DictConfig) -> None:
+    """Build the chosen mixer on the meta device: impossible layer sizes fail now, not after data preparation."""
+    from peerlab.builders import mixer_factory
+    from peerlab.config import model_dims
+
+    d_model, n_layer, _ = model_dims(cfg.model)
+    with torch.device("meta"):
+        mixer_factory(cfg.layer)(d_model=d_model, n_layer=n_layer)
+
+
 def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
     """Token-averaged loss over a whole split in eval mode, plus the mixers' usage statistics."""
     model = module.model
@@ -113,6 +123,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("%s already holds a completed run (results.json); nothing to do. Delete it to rerun.", run_dir)
         return previous
     _check_same_run(run_dir, cfg)
+    check_mixer(cfg)
 
     L.seed_everything(cfg.seed, workers=True)
     data = cfg.data

@@ -40,3 +40,7 @@ class Mixer(nn.Module):
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters that train with their own optimizer settings, keyed by group name (see ``optim.groups``)."""
         return {}
+
+
+class MixerConfigError(ValueError):
+    """A mixer built with impossible sizes; the message names the ``layer.<key>``, its value and what is allowed."""

@@ -1,0 +1,85 @@
+"""PEER: Parameter Efficient Expert Retrieval (He, 2024), faithful to the paper.
+
+``heads`` query heads retrieve ``k`` experts each, by exact product-key top-k, from one pool of N single-neuron
+experts ``e_i(x) = act(u_i . x) v_i`` (tables ``down`` = u and ``up`` = v, each N x d_model); router weights are a
+softmax over each head's k scores, and head outputs are summed:
+``f(x) = sum_h sum_{i in I_h(x)} g_i(x) act(u_i . x) v_i``.
+
+Defaults are the paper's (N = 1024^2, h = 8, k = 16, query BatchNorm, sub-keys shared by all heads). The paper
+leaves d_key and the activation open: we use d_key = 128 (sub-key scoring then costs about an eighth of a dense
+FFW at d_model = 1024) and GELU ("ReLU or GELU" in the paper; GELU matches our dense FFW).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from peerlab.mixers.activations import activation_fn
+from peerlab.mixers.base import Mixer, MixerConfigError
+from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
+
+IMPLS = ("torch",)
+
+
+class PEER(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int = 1024**2,
+        heads: int = 8,
+        k: int = 16,
+        d_key: int = 128,
+        query_norm: str = "batch",
+        shared_keys: bool = True,
+        score: str = "softmax",
+        activation: str = "gelu",
+        dense_hidden_mult: float = 4.0,
+        impl: str = "torch",
+        stable_ties: bool = False,
+        n_layer: int = 1,
+    ) -> None:
+        super().__init__()
+        if impl not in IMPLS:
+            raise MixerConfigError(f"layer.impl={impl!r}: allowed: {', '.join(IMPLS)}")
+        self.router = ProductKeyRouter(d_model, n_experts, heads, k, d_key, query_norm, shared_keys, score,
+                                       stable_ties, size_key="layer.n_experts")
+        self.d_model, self.n_experts, self.heads, self.k = d_model, n_experts, heads, k
+        self.act = activation_fn(activation)
+        self.down = nn.Embedding(n_experts, d_model)  # u_i
+        self.up = nn.Embedding(n_experts, d_model)  # v_i
+        # Match a dense FFW of width dense_hidden_mult * d_model at init: u like its first layer's rows; v scaled
+        # so that h heads of k softmax-weighted neurons carry the variance of that FFW's hidden units
+        # (out var ~ h * sum_j g_j^2 * var(v) ~ (h / k) var(v) against d_ff * var(W2)).
+        d_ff = dense_hidden_mult * d_model
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.normal_(self.up.weight, std=0.02 / math.sqrt(2 * n_layer) * math.sqrt(d_ff * k / heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (tokens, d_model)
+        weights, indices = self.router(x)  # (tokens, heads, k) each
+        indices = indices.flatten(1)  # (tokens, heads*k)
+        u = self.down(indices)  # (tokens, heads*k, d_model): the only materialised expert rows
+        hidden = self.act(torch.einsum("td,tjd->tj", x, u))  # (tokens, heads*k)
+        y = weighted_bag(indices, hidden * weights.flatten(1), self.up.weight)
+        return y.view(shape)
+
+    # ------------------------------------------------------------------ Mixer contract
+    def flops_per_token(self) -> int:
+        # Retrieval, then per retrieved expert one dot product (u.x) and one scaled row (g act v).
+        return self.router.flops_per_token() + 2 * 2 * self.d_model * self.heads * self.k
+
+    def active_params(self) -> int:
+        return self.router.num_params() + 2 * self.heads * self.k * self.d_model
+
+    def reset_usage(self) -> None:
+        self.router.reset_usage()
+
+    def usage_stats(self) -> dict[str, float]:
+        return self.router.usage_stats()
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"peer_experts": [self.down.weight, self.up.weight]}

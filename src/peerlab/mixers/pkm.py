@@ -1,0 +1,57 @@
+"""Product Key Memory (Lample et al., 2019), the paper's PKM baseline.
+
+Per-head queries (Linear + BatchNorm), per-head sub-keys, exact product-key top-k, softmax over each head's k
+scores, and one table of N value vectors read as a weighted bag, summed over heads. Defaults are the paper's
+baseline setting (N = 1024^2 memories, h = 8, k = 32, query BatchNorm). Values train in their own optimizer
+group, ``pkm_values`` (constant lr 1e-3 and no weight decay in ``configs/optim/adamw.yaml``, as in PKM).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peerlab.mixers.base import Mixer
+from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
+
+
+class PKM(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        n_memories: int = 1024**2,
+        heads: int = 8,
+        k: int = 32,
+        d_key: int = 128,
+        query_norm: str = "batch",
+        shared_keys: bool = False,
+        score: str = "softmax",
+        stable_ties: bool = False,
+        n_layer: int = 1,
+    ) -> None:
+        super().__init__()
+        self.router = ProductKeyRouter(d_model, n_memories, heads, k, d_key, query_norm, shared_keys, score,
+                                       stable_ties, size_key="layer.n_memories")
+        self.d_model, self.n_memories, self.heads, self.k = d_model, n_memories, heads, k
+        self.values = nn.Parameter(torch.empty(n_memories, d_model).normal_(std=d_model**-0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        weights, indices = self.router(x.reshape(-1, shape[-1]))  # (tokens, heads, k)
+        return weighted_bag(indices.flatten(1), weights.flatten(1), self.values).view(shape)
+
+    def flops_per_token(self) -> int:
+        # Retrieval, then the weighted sum of heads*k value rows.
+        return self.router.flops_per_token() + 2 * self.heads * self.k * self.d_model
+
+    def active_params(self) -> int:
+        return self.router.num_params() + self.heads * self.k * self.d_model
+
+    def reset_usage(self) -> None:
+        self.router.reset_usage()
+
+    def usage_stats(self) -> dict[str, float]:
+        return self.router.usage_stats()
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"pkm_values": [self.values]}

@@ -1,0 +1,166 @@
+"""Exact top-k retrieval over N = n^2 product keys, shared by PEER and PKM.
+
+A product key is the concatenation ``[c_a; c'_b]`` of two sub-keys, so its score against a query ``[q1; q2]`` is
+``q1.c_a + q2.c'_b``. Any of the top-k products has both halves among the top-k of its own half (if ``a`` were
+not, the k sub-keys above it, paired with ``b``, would all outrank ``(a, b)``), so the top-k of the ``k^2`` sums of
+the two half top-k's is exactly the top-k over all N keys, at O((n + k^2) d_key) cost instead of O(N d_key).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peerlab.mixers.base import MixerConfigError
+
+
+def _topk(scores: torch.Tensor, k: int, stable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if not stable:
+        return scores.topk(k, dim=-1)
+    # A stable descending sort keeps equal scores in index order: ties go to the lower index.
+    values, indices = scores.sort(dim=-1, descending=True, stable=True)
+    return values[..., :k], indices[..., :k]
+
+
+def product_topk(
+    scores1: torch.Tensor, scores2: torch.Tensor, k: int, stable: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``scores1[..., a] + scores2[..., b]`` over all ``(a, b)``.
+
+    Returns ``(values, indices)`` of shape ``(..., k)``, sorted by descending value, with flat indices
+    ``a * n + b`` (``n = scores2.shape[-1]``). With ``stable=True`` ties are broken toward the lower flat index,
+    exactly as a brute-force sort of all N sums would; the default uses ``torch.topk`` (faster; the order among
+    exactly equal scores is then unspecified).
+    """
+    n = scores2.shape[-1]
+    if scores1.shape != scores2.shape:
+        raise ValueError(f"sub-key score shapes differ: {tuple(scores1.shape)} vs {tuple(scores2.shape)}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in [1, {n}]")
+    v1, i1 = _topk(scores1, k, stable)  # (..., k)
+    v2, i2 = _topk(scores2, k, stable)
+    candidates = (v1.unsqueeze(-1) + v2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
+    flat = (i1.unsqueeze(-1) * n + i2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
+    if stable:
+        # Lexicographic (score desc, index asc): sort by index, then stably by score.
+        flat, order = flat.sort(dim=-1)
+        candidates = candidates.gather(-1, order)
+    values, pos = _topk(candidates, k, stable)
+    return values, flat.gather(-1, pos)
+
+
+QUERY_NORMS = ("batch", "layer", "none")
+SCORE_FNS = ("softmax", "sigmoid")
+
+
+def check_product_sizes(layer: str, n_keys: int, heads: int, k: int, d_key: int) -> int:
+    """``sqrt(n_keys)``, after checking every size; errors name the config key."""
+    n = math.isqrt(n_keys) if n_keys > 0 else 0
+    if n_keys < 1 or n * n != n_keys:
+        raise MixerConfigError(f"{layer}={n_keys}: must be a perfect square (e.g. 1024**2 = 1048576)")
+    if heads < 1:
+        raise MixerConfigError(f"layer.heads={heads}: must be >= 1")
+    if not 1 <= k <= n:
+        raise MixerConfigError(f"layer.k={k}: must be in [1, sqrt({layer.split('.')[-1]})={n}]")
+    if d_key < 2 or d_key % 2:
+        raise MixerConfigError(f"layer.d_key={d_key}: must be an even number >= 2 (it is split into two halves)")
+    return n
+
+
+class ProductKeyRouter(nn.Module):
+    """Query network + product keys: maps tokens to ``heads`` sets of ``k`` key indices and router weights.
+
+    ``query_norm="batch"`` (PKM's and the paper's default) normalises queries with batch statistics in training,
+    which mixes information across the tokens of a batch, later ones included; evaluation uses running statistics
+    and is causal. ``"layer"`` (per-head LayerNorm) and ``"none"`` are causal in training too.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_keys: int,
+        heads: int,
+        k: int,
+        d_key: int,
+        query_norm: str = "batch",
+        shared_keys: bool = True,
+        score: str = "softmax",
+        stable_ties: bool = False,
+        size_key: str = "layer.n_experts",
+    ) -> None:
+        super().__init__()
+        self.n = check_product_sizes(size_key, n_keys, heads, k, d_key)
+        if query_norm not in QUERY_NORMS:
+            raise MixerConfigError(f"layer.query_norm={query_norm!r}: allowed: {', '.join(QUERY_NORMS)}")
+        if score not in SCORE_FNS:
+            raise MixerConfigError(f"layer.score={score!r}: allowed: {', '.join(SCORE_FNS)}")
+        self.d_model, self.n_keys, self.heads, self.k, self.d_key = d_model, n_keys, heads, k, d_key
+        self.query_norm_kind, self.score_fn, self.stable_ties = query_norm, score, stable_ties
+        self.query = nn.Linear(d_model, heads * d_key, bias=False)
+        nn.init.normal_(self.query.weight, std=d_model**-0.5)
+        if query_norm == "batch":
+            self.norm: nn.Module = nn.BatchNorm1d(heads * d_key)
+        elif query_norm == "layer":
+            self.norm = nn.LayerNorm(d_key)
+        else:
+            self.norm = nn.Identity()
+        key_sets = 1 if shared_keys else heads
+        half = d_key // 2
+        # (key sets, 2 halves, n, d_key/2); PKM's uniform init keeps q.c of order 1 for unit-variance queries.
+        self.keys = nn.Parameter(torch.empty(key_sets, 2, self.n, half).uniform_(-(half**-0.5), half**-0.5))
+        self.register_buffer("usage", torch.zeros(0, dtype=torch.float64), persistent=False)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """``(tokens, heads, d_key)`` normalised queries for ``x`` of shape ``(tokens, d_model)``."""
+        q = self.query(x)
+        if self.query_norm_kind == "batch":
+            q = self.norm(q)
+        q = q.view(-1, self.heads, self.d_key)
+        return self.norm(q) if self.query_norm_kind == "layer" else q
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router weights and flat key indices, both ``(tokens, heads, k)``, for ``x`` of shape ``(tokens, d_model)``."""
+        q = self.queries(x)
+        q1, q2 = q.chunk(2, dim=-1)  # (tokens, heads, d_key/2) each
+        keys = self.keys.expand(self.heads, -1, -1, -1) if self.keys.shape[0] == 1 else self.keys
+        s1 = torch.einsum("thd,hnd->thn", q1, keys[:, 0])  # (tokens, heads, n)
+        s2 = torch.einsum("thd,hnd->thn", q2, keys[:, 1])
+        scores, indices = product_topk(s1, s2, self.k, stable=self.stable_ties)
+        weights = scores.softmax(dim=-1) if self.score_fn == "softmax" else scores.sigmoid()
+        if not self.training and self.usage.numel():
+            with torch.no_grad():
+                self.usage.index_add_(0, indices.flatten(), weights.detach().flatten().to(torch.float64))
+        return weights, indices
+
+    # ------------------------------------------------------------------ accounting
+    def flops_per_token(self) -> int:
+        """Query projection and both sub-key scorings. The k^2 candidate sums per head are additions, not
+        multiply-adds, and are left out like softmax and top-k (at the paper's sizes: 2k adds vs 2M FLOPs)."""
+        return 2 * self.d_model * self.heads * self.d_key + 2 * self.heads * self.n * self.d_key
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ expert usage (paper, Table 2)
+    def reset_usage(self) -> None:
+        self.usage = torch.zeros(self.n_keys, dtype=torch.float64, device=self.keys.device)
+
+    def usage_stats(self) -> dict[str, float]:
+        """``expert_usage``: share of keys with z_i > 0; ``unevenness``: KL(z || uniform) = log N + sum z log z."""
+        total = self.usage.sum()
+        if not self.usage.numel() or total <= 0:
+            return {}
+        z = self.usage / total
+        nz = z[z > 0]
+        return {
+            "expert_usage": float((z > 0).double().mean()),
+            "unevenness": float(math.log(self.n_keys) + (nz * nz.log()).sum()),
+        }
+
+
+def weighted_bag(indices: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``sum_j weights[t, j] * table[indices[t, j]]`` for each token ``t``, without materialising the rows."""
+    return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
