@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerlab.mixers.product_keys import ProductKeyRouter, check_product_sizes, product_topk
 from peerlab.mixers.base import MixerConfigError
+from peerlab.mixers.product_keys import ProductKeyRouter, check_product_sizes, product_topk
 
 
 def brute_force(s1, s2, k):

@@ -134,3 +134,18 @@ def test_sparse_layer_trains_end_to_end_with_usage_metrics(compose, tmp_path, la
     rows = read_csv(r["csv"])
     assert any(row.get("val/expert_usage") for row in rows if "final" not in row)
     assert r["final_val_loss"] < 6.5
+
+
+@pytest.mark.parametrize("layer", ["moe", "moe_tc"])
+def test_moe_trains_end_to_end_with_metrics(compose, tmp_path, layer):
+    cfg = compose(f"layer={layer}", "layer.n_experts=4", "budget=1.5e10", f"out_dir={tmp_path}")
+    r = run(cfg)
+    assert r["status"] == "completed" and r["params_active"] < r["params_total"]
+    assert r["usage"]["val/expert_usage"] > 0
+    rows = read_csv(r["csv"])
+    if layer == "moe":
+        assert 0 <= r["usage"]["val/dropped_tokens"] < 1
+    else:
+        aux = [float(row["train/aux/block0/load_balance"]) for row in rows if row.get("train/aux/block0/load_balance")]
+        assert aux and all(a >= 0.01 * 0.99 for a in aux)  # Switch loss >= weight (its minimum, at perfect balance)
+        assert any(row.get("train/aux/block0/z_loss") for row in rows)

@@ -1,0 +1,165 @@
+"""Mixture of Experts: expert-choice routing (Zhou et al. 2022; the paper's baseline) or token-choice top-k.
+
+``E`` experts, each a dense FFW ``W2 act(W1 x)`` of width ``expert_hidden_mult * d_model`` (the paper: the dense
+FFW's width; smaller widths give fine-grained MoE), and a linear router with a softmax over experts.
+
+- ``routing: expert_choice``: each expert takes the ``C = round(capacity_factor * tokens / E)`` tokens it scores
+  highest, outputs weighted by their router probability. Load is balanced by construction, but a token's routing
+  depends on the other tokens of the batch, later ones included, in evaluation too: validation reports
+  expert-choice routing over each validation batch, as the paper's setup would. Tokens no expert picks pass
+  through the residual only (reported as ``dropped_tokens``).
+- ``routing: token_choice``: each token takes its top-``top_k`` experts (weights renormalised), dropless, with the
+  Switch load-balancing loss ``aux_loss_weight * E * sum_e f_e P_e`` and an optional router z-loss
+  ``z_loss_weight * mean(logsumexp(logits)^2)``. Causal.
+
+Tokens are grouped per expert (expert choice: one batched matmul over ``(E, C, d)``; token choice: one sort, then
+a matmul per expert over its contiguous slice); there is no loop over tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from peerlab.mixers.activations import activation_fn
+from peerlab.mixers.base import Mixer, MixerConfigError
+
+ROUTINGS = ("expert_choice", "token_choice")
+
+
+class MoE(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int = 128,
+        expert_hidden_mult: float = 4.0,
+        routing: str = "expert_choice",
+        capacity_factor: float = 1.0,
+        top_k: int = 1,
+        aux_loss_weight: float = 0.01,
+        z_loss_weight: float = 0.0,
+        activation: str = "gelu",
+        n_layer: int = 1,
+    ) -> None:
+        super().__init__()
+        if n_experts < 1:
+            raise MixerConfigError(f"layer.n_experts={n_experts}: must be >= 1")
+        if routing not in ROUTINGS:
+            raise MixerConfigError(f"layer.routing={routing!r}: allowed: {', '.join(ROUTINGS)}")
+        if not capacity_factor > 0:
+            raise MixerConfigError(f"layer.capacity_factor={capacity_factor}: must be > 0")
+        if not 1 <= top_k <= n_experts:
+            raise MixerConfigError(f"layer.top_k={top_k}: must be in [1, n_experts={n_experts}]")
+        if aux_loss_weight < 0 or z_loss_weight < 0:
+            raise MixerConfigError(f"layer.aux_loss_weight={aux_loss_weight}, layer.z_loss_weight={z_loss_weight}: must be >= 0")
+        self.d_model, self.n_experts, self.routing = d_model, n_experts, routing
+        self.capacity_factor, self.top_k = capacity_factor, top_k
+        self.aux_loss_weight, self.z_loss_weight = aux_loss_weight, z_loss_weight
+        self.d_hidden = max(1, int(round(expert_hidden_mult * d_model)))
+        self.act = activation_fn(activation)
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, self.d_hidden).normal_(std=0.02))
+        self.w2 = nn.Parameter(torch.empty(n_experts, self.d_hidden, d_model).normal_(std=0.02 / math.sqrt(2 * n_layer)))
+        nn.init.normal_(self.router.weight, std=0.02)
+        self._aux: dict[str, torch.Tensor] = {}
+        self.register_buffer("routed_mass", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self._tokens_seen = 0
+        self._tokens_dropped = 0
+
+    def capacity(self, tokens: int) -> int:
+        return min(tokens, max(1, round(self.capacity_factor * tokens / self.n_experts)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (tokens, d_model)
+        logits = self.router(x)  # (tokens, E)
+        # Router softmax in at least float32 (bf16 logits round badly), float64 stays float64.
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        probs = logits.softmax(dim=-1).to(x.dtype)
+        self._aux = {}
+        if self.z_loss_weight > 0 and self.training:
+            self._aux["z_loss"] = self.z_loss_weight * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        if self.routing == "expert_choice":
+            y = self._expert_choice(x, probs)
+        else:
+            y = self._token_choice(x, probs)
+        return y.view(shape)
+
+    def _experts_batched(self, xin: torch.Tensor) -> torch.Tensor:
+        """``(E, C, d) -> (E, C, d)``: every expert on its own tokens, as two batched matmuls."""
+        return torch.bmm(self.act(torch.bmm(xin, self.w1)), self.w2)
+
+    def _expert_choice(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        capacity = self.capacity(x.shape[0])
+        gates, token_idx = probs.t().topk(capacity, dim=-1)  # (E, C): each expert's chosen tokens
+        out = self._experts_batched(x[token_idx]) * gates.unsqueeze(-1)  # (E, C, d)
+        y = torch.zeros_like(x).index_add_(0, token_idx.flatten(), out.flatten(0, 1))
+        if self._tracking():
+            with torch.no_grad():
+                self.routed_mass += gates.sum(-1).double()
+                self._tokens_seen += x.shape[0]
+                self._tokens_dropped += x.shape[0] - int(token_idx.unique().numel())
+        return y
+
+    def _token_choice(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        tokens = x.shape[0]
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (tokens, top_k)
+        weights = weights / weights.sum(-1, keepdim=True)
+        flat_experts = experts.flatten()
+        order = flat_experts.argsort(stable=True)  # assignments grouped by expert
+        token_of = order // self.top_k
+        counts = torch.bincount(flat_experts, minlength=self.n_experts)
+        xs = x[token_of]  # (tokens*top_k, d), contiguous per expert
+        outs = []
+        for e, chunk in enumerate(xs.split(counts.tolist())):
+            if chunk.shape[0]:
+                outs.append(self.act(chunk @ self.w1[e]) @ self.w2[e])
+        out = torch.cat(outs) * weights.flatten()[order].unsqueeze(-1)
+        y = torch.zeros_like(x).index_add_(0, token_of, out)
+        if self.training and self.aux_loss_weight > 0:
+            fraction = counts.to(probs.dtype) / (tokens * self.top_k)  # f_e: share of assignments
+            self._aux["load_balance"] = self.aux_loss_weight * self.n_experts * (fraction * probs.mean(0)).sum()
+        if self._tracking():
+            with torch.no_grad():
+                self.routed_mass.index_add_(0, flat_experts, weights.flatten().double())
+                self._tokens_seen += tokens
+        return y
+
+    # ------------------------------------------------------------------ Mixer contract
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        return dict(self._aux) if self.training else {}
+
+    def flops_per_token(self) -> int:
+        """Router, plus per token the expert FFWs it is processed by: ``capacity_factor`` of them on average with
+        expert choice (exact when tokens per batch * capacity_factor is a multiple of E), ``top_k`` with token
+        choice."""
+        per_expert = 2 * 2 * self.d_model * self.d_hidden
+        share = self.capacity_factor if self.routing == "expert_choice" else self.top_k
+        return 2 * self.d_model * self.n_experts + int(round(share * per_expert))
+
+    def active_params(self) -> int:
+        share = self.capacity_factor if self.routing == "expert_choice" else self.top_k
+        return self.router.weight.numel() + int(round(share * 2 * self.d_model * self.d_hidden))
+
+    def _tracking(self) -> bool:
+        return not self.training and self.routed_mass.numel() > 0
+
+    def reset_usage(self) -> None:
+        self.routed_mass = torch.zeros(self.n_experts, dtype=torch.float64, device=self.w1.device)
+        self._tokens_seen = self._tokens_dropped = 0
+
+    def usage_stats(self) -> dict[str, float]:
+        total = self.routed_mass.sum() if self.routed_mass.numel() else 0
+        if total <= 0:
+            return {}
+        z = self.routed_mass / total
+        nz = z[z > 0]
+        stats = {
+            "expert_usage": float((z > 0).double().mean()),
+            "unevenness": float(math.log(self.n_experts) + (nz * nz.log()).sum()),
+        }
+        if self.routing == "expert_choice":
+            stats["dropped_tokens"] = self._tokens_dropped / max(1, self._tokens_seen)
+        return stats

@@ -1,0 +1,142 @@
+"""MoE routings against slow loop-over-experts-and-tokens references (float64 values and gradients)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from peerlab.mixers.base import MixerConfigError
+from peerlab.mixers.ffw import FeedForward
+from peerlab.mixers.moe import MoE
+
+
+def expert_ffw(layer, e, v):
+    return layer.act(v @ layer.w1[e]) @ layer.w2[e]
+
+
+def reference_expert_choice(layer: MoE, x):
+    probs = (x @ layer.router.weight.T).softmax(-1)
+    tokens = x.shape[0]
+    capacity = layer.capacity(tokens)
+    y = [torch.zeros_like(x[0]) for _ in range(tokens)]
+    picks = []
+    for e in range(layer.n_experts):
+        ranked = sorted(range(tokens), key=lambda t, e=e: -float(probs[t, e]))[:capacity]
+        picks.append(ranked)
+        for t in ranked:
+            y[t] = y[t] + probs[t, e] * expert_ffw(layer, e, x[t])
+    return torch.stack(y), picks
+
+
+def reference_token_choice(layer: MoE, x):
+    probs = (x @ layer.router.weight.T).softmax(-1)
+    y = []
+    for t in range(x.shape[0]):
+        chosen = sorted(range(layer.n_experts), key=lambda e, t=t: -float(probs[t, e]))[: layer.top_k]
+        norm = sum(probs[t, e] for e in chosen)
+        y.append(sum(probs[t, e] / norm * expert_ffw(layer, e, x[t]) for e in chosen))
+    return torch.stack(y), None
+
+
+def compare(layer, reference, tokens=12):
+    torch.manual_seed(3)
+    layer = layer.double().train()
+    x = torch.randn(tokens, layer.d_model, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(tokens, layer.d_model, dtype=torch.float64)
+    params = list(layer.parameters())
+    y = layer(x.unsqueeze(0)).squeeze(0)
+    grads = torch.autograd.grad((y * probe).sum(), [x, *params])
+    y_ref, picks = reference(layer, x)
+    grads_ref = torch.autograd.grad((y_ref * probe).sum(), [x, *params])
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for name, g, g_ref in zip(["x", "router", "w1", "w2"], grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"grad of {name}: {m}")
+    return picks
+
+
+@pytest.mark.parametrize("n_experts,capacity_factor", [(4, 1.0), (3, 2.0), (6, 0.5), (1, 1.0)])
+def test_expert_choice_matches_reference_and_respects_capacity(n_experts, capacity_factor):
+    layer = MoE(d_model=8, n_experts=n_experts, expert_hidden_mult=1.5, capacity_factor=capacity_factor)
+    picks = compare(layer, reference_expert_choice)
+    expected = min(12, max(1, round(capacity_factor * 12 / n_experts)))
+    assert all(len(p) == expected for p in picks)
+
+
+@pytest.mark.parametrize("n_experts,top_k", [(4, 1), (5, 2), (3, 3)])
+def test_token_choice_matches_reference(n_experts, top_k):
+    compare(MoE(d_model=8, n_experts=n_experts, expert_hidden_mult=1.5, routing="token_choice", top_k=top_k,
+                aux_loss_weight=0.0), reference_token_choice)
+
+
+def test_load_balance_and_z_loss_equal_their_formulas():
+    torch.manual_seed(0)
+    layer = MoE(d_model=8, n_experts=4, routing="token_choice", top_k=2, aux_loss_weight=0.5, z_loss_weight=0.25)
+    x = torch.randn(20, 8)
+    layer(x)
+    aux = layer.aux_losses()
+    logits = x @ layer.router.weight.T
+    probs = logits.softmax(-1)
+    chosen = probs.topk(2, dim=-1).indices
+    f = torch.stack([(chosen == e).sum() for e in range(4)]).float() / (20 * 2)
+    expected_lb = 0.5 * 4 * sum(float(f[e]) * float(probs[:, e].mean()) for e in range(4))
+    assert float(aux["load_balance"]) == pytest.approx(expected_lb, rel=1e-5)
+    assert float(aux["z_loss"]) == pytest.approx(0.25 * float(torch.logsumexp(logits, -1).pow(2).mean()), rel=1e-5)
+    aux["load_balance"].backward()  # the loss trains the router
+    assert layer.router.weight.grad.abs().sum() > 0
+    layer.eval()
+    layer(x)
+    assert layer.aux_losses() == {}
+
+
+def test_single_expert_with_capacity_one_is_the_dense_ffw():
+    torch.manual_seed(0)
+    ffw = FeedForward(16, hidden_mult=4.0)
+    moe = MoE(16, n_experts=1, expert_hidden_mult=4.0, capacity_factor=1.0)
+    with torch.no_grad():
+        moe.w1.copy_(ffw.up.weight.T.unsqueeze(0))
+        moe.w2.copy_(ffw.down.weight.T.unsqueeze(0))
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(moe(x), ffw(x))
+
+
+def test_usage_and_dropped_tokens():
+    torch.manual_seed(0)
+    layer = MoE(d_model=8, n_experts=4, capacity_factor=0.5).eval()
+    layer.reset_usage()
+    with torch.no_grad():
+        layer(torch.randn(1, 16, 8))
+    stats = layer.usage_stats()
+    assert stats["expert_usage"] == 1.0  # every expert takes its C tokens
+    assert 0.5 <= stats["dropped_tokens"] < 1.0  # 4 experts x C=2 picks cover at most 8 of 16 tokens
+    assert stats["unevenness"] >= 0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"routing": "hash"}, "layer.routing='hash'"),
+    ({"capacity_factor": 0}, "layer.capacity_factor=0"),
+    ({"routing": "token_choice", "top_k": 5}, "layer.top_k=5: must be in [1, n_experts=4]"),
+    ({"n_experts": 0}, "layer.n_experts=0"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(MixerConfigError) as info:
+        MoE(8, **{"n_experts": 4, **kwargs})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("routing", ["expert_choice", "token_choice"])
+def test_flops_match_flop_counter(routing):
+    from test_flops import counted_train_flops
+
+    from peerlab.flops import flops_breakdown
+    from peerlab.model import ModelShape, Transformer
+
+    torch.manual_seed(0)
+    shape = ModelShape(vocab_size=100, d_model=32, n_layer=3, n_head=2, seq_len=16)
+    sparse = functools.partial(MoE, n_experts=8, routing=routing, top_k=2, capacity_factor=1.0)
+    model = Transformer(shape, FeedForward, sparse, "middle")
+    batch = 4  # 64 tokens: capacity 8 per expert, exact
+    counted = counted_train_flops(model, batch)
+    analytic = flops_breakdown(model).train * batch * shape.seq_len
+    assert abs(analytic - counted) / counted < 0.01, (analytic, counted)
