@@ -13,7 +13,6 @@ from peerlab.mixers.product_keys import ProductKeyRouter, check_product_sizes, p
 
 def brute_force(s1, s2, k):
     """Sort all n^2 sums by (score desc, flat index asc): the exact reference, ties included."""
-    n = s2.shape[-1]
     sums = (s1.unsqueeze(-1) + s2.unsqueeze(-2)).flatten(-2)  # (..., n*n), flat index a*n + b
     order = sums.sort(dim=-1, descending=True, stable=True).indices[..., :k]
     return sums.gather(-1, order), order
