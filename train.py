@@ -14,21 +14,35 @@ from peerlab.errors import USER_ERRORS
 
 register_schema()
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM = 2, 3, 143
+
+
+def _fail(message: str, code: int) -> None:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # One bad or diverging grid point must not stop the sweep; its results.json records what happened.
+        logging.getLogger("peerlab").error("error: %s", message)
+        return
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from peerlab.train import run
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from peerlab.train import output_dir, run
 
     try:
         results = run(cfg)
     except USER_ERRORS as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # One bad grid point (say, a budget too small for the largest model) must not stop the sweep.
-            logging.getLogger("peerlab").error("error: %s", exc)
-            return None
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    except FloatingPointError as exc:
+        return _fail(f"training diverged: {exc}; the last good checkpoint is kept in {output_dir(cfg)}/checkpoints "
+                     "and results.json has status 'diverged'", EXIT_DIVERGED)
+    except SIGTERMException:
+        print(f"interrupted by SIGTERM: checkpoint saved in {output_dir(cfg)}/checkpoints; "
+              "rerun the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_SIGTERM)
     return results.get("final_val_loss")
 
 
@@ -38,5 +52,5 @@ if __name__ == "__main__":
     problem = check_group_overrides(sys.argv[1:], CONFIG_DIR)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     main()

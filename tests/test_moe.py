@@ -139,4 +139,9 @@ def test_flops_match_flop_counter(routing):
     batch = 4  # 64 tokens: capacity 8 per expert, exact
     counted = counted_train_flops(model, batch)
     analytic = flops_breakdown(model).train * batch * shape.seq_len
-    assert abs(analytic - counted) / counted < 0.01, (analytic, counted)
+    # Token choice pads expert groups to the largest for one batched matmul: torch counts those empty slots too.
+    moe = model.mixers[1]
+    padding = 3 * moe.padded_slots * 2 * 2 * shape.d_model * moe.d_hidden
+    if routing == "token_choice":
+        assert moe.padded_slots > 0  # random routing is never perfectly balanced: the correction is exercised
+    assert abs(analytic + padding - counted) / counted < 0.01, (analytic, padding, counted)

@@ -71,6 +71,7 @@ class TrainerConfig:
     val_batches: int = 20  # batches per periodic validation; the final one uses the whole split
     log_every_steps: int = 10
     ckpt_every_steps: int = 200
+    ckpt_every_minutes: float = 10.0  # also refresh last.ckpt this often (0 disables); SIGTERM always saves
     progress_bar: bool = True
     deterministic: bool = False
 
@@ -178,6 +179,7 @@ def validate(cfg: DictConfig) -> None:
     tr = cfg.trainer
     for key in ("accumulate_grad_batches", "val_every_steps", "val_batches", "log_every_steps", "ckpt_every_steps", "num_nodes"):
         _require(tr[key] >= 1, f"trainer.{key}", tr[key], "must be an integer >= 1")
+    _require(tr.ckpt_every_minutes >= 0, "trainer.ckpt_every_minutes", tr.ckpt_every_minutes, "must be >= 0 (0 disables)")
     _require(cfg.logger.wandb.mode in ("auto", "online", "offline", "disabled"), "logger.wandb.mode", cfg.logger.wandb.mode, "allowed: auto, online, offline, disabled")
 
     out = Path(cfg.out_dir).expanduser()

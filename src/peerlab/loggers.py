@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import uuid
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,46 @@ def wandb_mode(requested: str) -> str:
     return "online" if wandb_has_api_key() else "offline"
 
 
-def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+class _ResumableWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv``; on resume, keep the rows logged before the
+    checkpoint's step instead (rows logged after it, before the kill, are dropped: they are logged again)."""
+
+    def __init__(self, log_dir: str, resume_step: int) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            keys = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step") not in (None, "") and int(float(r["step"])) < self.resume_step]
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+        self.metrics_keys = sorted(keys)
+
+
+class ResumableCSVLogger(CSVLogger):
+    def __init__(self, save_dir: str, resume_step: int) -> None:
+        # Flushed at every logging step, so a killed run loses at most the row being written.
+        super().__init__(save_dir=save_dir, name="csv", version="", flush_logs_every_n_steps=1)
+        self.resume_step = resume_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _ResumableWriter(self.log_dir, self.resume_step)
+        return self._experiment
+
+
+def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_step: int = 0) -> list[Logger]:
+    loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), resume_step=resume_step)]
     w = cfg.logger.wandb
     mode = wandb_mode(w.mode) if w.enabled else "disabled"
     if mode == "disabled":

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from peerlab import __version__
+from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint
 from peerlab.config import validate
 from peerlab.data.datamodule import TextDataModule
 from peerlab.flops import plan_budget
@@ -85,6 +86,20 @@ def _check_same_run(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+
+
+def failure_status(exc: BaseException) -> str:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(exc, FloatingPointError):
+        return "diverged"
+    if isinstance(exc, SIGTERMException | KeyboardInterrupt | SystemExit):
+        return "interrupted"
+    return "failed"
+
+
 def check_mixer(cfg: DictConfig) -> None:
     """Build the chosen mixer on the meta device: impossible layer sizes fail now, not after data preparation."""
     from peerlab.builders import mixer_factory
@@ -149,10 +164,12 @@ def run(cfg: DictConfig) -> dict:
     module.tokenizer_json = dm.tokenizer.to_str()
 
     config = as_dict(cfg)
-    loggers = build_loggers(cfg, run_dir, cfg.run_name, config)
     ckpt_dir = run_dir / "checkpoints"
-    last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=1,
-                                every_n_train_steps=cfg.trainer.ckpt_every_steps, auto_insert_metric_name=False)
+    resume_from = ckpt_dir / LAST
+    ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
+    resume_step = checkpoint_step(resume_from) if ckpt_path else 0
+    loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step)
+    last_ckpt = LastCheckpoint(ckpt_dir, cfg.trainer.ckpt_every_steps, cfg.trainer.ckpt_every_minutes)
     best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                 auto_insert_metric_name=False)
     callbacks = [last_ckpt, best_ckpt]
@@ -167,12 +184,10 @@ def run(cfg: DictConfig) -> dict:
         check_val_every_n_epoch=None, limit_val_batches=tr.val_batches, num_sanity_val_steps=0,
         log_every_n_steps=tr.log_every_steps, logger=loggers, callbacks=callbacks,
         enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
-        default_root_dir=str(run_dir),
+        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
     )
-    resume_from = ckpt_dir / "last.ckpt"
-    ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
     if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
+        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
 
     results: dict[str, Any] = {
         "status": "running", "run_dir": str(run_dir), "config": config, "budget": float(cfg.budget),
@@ -191,7 +206,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     except BaseException as exc:
-        results.update(status="diverged" if isinstance(exc, FloatingPointError) else "failed",
+        results.update(status=failure_status(exc),
                        error=f"{type(exc).__name__}: {exc}", steps=module.global_step,
                        flops=module.flops_done(), wall_time_s=time.time() - t0)
         if trainer.is_global_zero:
@@ -213,7 +228,8 @@ def run(cfg: DictConfig) -> dict:
         status="completed", steps=module.global_step, tokens=module.tokens_done(), flops=module.flops_done(),
         epochs=module.tokens_done() / dm.split_tokens("train"), final_val_loss=val_loss,
         final_val_ppl=final["val/ppl"], usage=usage, wall_time_s=time.time() - t0, fit_time_s=fit_time,
-        train_tokens_per_s=module.tokens_done() / fit_time if fit_time > 0 and not ckpt_path else None,
+        train_tokens_per_s=(module.tokens_done() - module.tokens_done(resume_step)) / fit_time if fit_time > 0 else None,
+        resumed_from_step=resume_step if ckpt_path else None,
         checkpoints={"last": str(resume_from), "best": best_ckpt.best_model_path or None},
         csv=str(run_dir / "csv" / "metrics.csv"), wandb_dir=wandb_dir,
     )

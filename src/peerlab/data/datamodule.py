@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from peerlab.data import corpora, token_cache
+from peerlab.data.sampling import ResumableSampler
 from peerlab.data.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,20 @@ class TextDataModule(L.LightningDataModule):
         return int(self.manifest["splits"][split]["tokens"])
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-            generator=generator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        """Blocks in a seeded order that continues from the trainer's restored step (see ``sampling.py``)."""
+        trainer = self.trainer
+        steps_done = trainer.global_step if trainer is not None else 0
+        max_steps = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else steps_done + 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        per_step = accumulate * self.batch_size
+        sampler = ResumableSampler(
+            len(self.train_set), self.seed, start=steps_done * per_step, end=max(steps_done, max_steps) * per_step,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world=trainer.world_size if trainer is not None else 1,
         )
+        log.info("training data: positions %d to %d of the seeded sample stream", sampler.start, sampler.end)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

@@ -8,12 +8,13 @@ FFW's width; smaller widths give fine-grained MoE), and a linear router with a s
   depends on the other tokens of the batch, later ones included, in evaluation too: validation reports
   expert-choice routing over each validation batch, as the paper's setup would. Tokens no expert picks pass
   through the residual only (reported as ``dropped_tokens``).
-- ``routing: token_choice``: each token takes its top-``top_k`` experts (weights renormalised), dropless, with the
+- ``routing: token_choice``: each token takes its top-``top_k`` experts (weights renormalised), dropless (expert
+  groups padded to the largest, then one batched matmul), with the
   Switch load-balancing loss ``aux_loss_weight * E * sum_e f_e P_e`` and an optional router z-loss
   ``z_loss_weight * mean(logsumexp(logits)^2)``. Causal.
 
-Tokens are grouped per expert (expert choice: one batched matmul over ``(E, C, d)``; token choice: one sort, then
-a matmul per expert over its contiguous slice); there is no loop over tokens.
+Tokens are grouped per expert and all experts run as one batched matmul over ``(E, C, d)``; there is no loop over
+tokens or experts.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class MoE(Mixer):
         self.w2 = nn.Parameter(torch.empty(n_experts, self.d_hidden, d_model).normal_(std=0.02 / math.sqrt(2 * n_layer)))
         nn.init.normal_(self.router.weight, std=0.02)
         self._aux: dict[str, torch.Tensor] = {}
+        self.padded_slots = 0  # token choice: empty expert slots in the last batched matmul (wasted, not counted)
         self.register_buffer("routed_mass", torch.zeros(0, dtype=torch.float64), persistent=False)
         self._tokens_seen = 0
         self._tokens_dropped = 0
@@ -110,13 +112,16 @@ class MoE(Mixer):
         flat_experts = experts.flatten()
         order = flat_experts.argsort(stable=True)  # assignments grouped by expert
         token_of = order // self.top_k
+        sorted_experts = flat_experts[order]
         counts = torch.bincount(flat_experts, minlength=self.n_experts)
-        xs = x[token_of]  # (tokens*top_k, d), contiguous per expert
-        outs = []
-        for e, chunk in enumerate(xs.split(counts.tolist())):
-            if chunk.shape[0]:
-                outs.append(self.act(chunk @ self.w1[e]) @ self.w2[e])
-        out = torch.cat(outs) * weights.flatten()[order].unsqueeze(-1)
+        # Slot of each assignment within its expert's group; groups padded to the largest one (dropless), so all
+        # experts run as one batched matmul instead of E small ones.
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(order.numel(), device=x.device) - starts[sorted_experts]
+        xin = x.new_zeros(self.n_experts, int(counts.max()), x.shape[-1])
+        self.padded_slots = xin.shape[0] * xin.shape[1] - order.numel()  # compute spent on padding, not counted
+        xin[sorted_experts, slot] = x[token_of]
+        out = self._experts_batched(xin)[sorted_experts, slot] * weights.flatten()[order].unsqueeze(-1)
         y = torch.zeros_like(x).index_add_(0, token_of, out)
         if self.training and self.aux_loss_weight > 0:
             fraction = counts.to(probs.dtype) / (tokens * self.top_k)  # f_e: share of assignments

@@ -1,0 +1,136 @@
+"""Faults: SIGTERM and SIGKILL at a random step then rerun; NaN at a chosen step; offline W&B without hanging."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY
+from peerlab.train import run
+
+# ~300 optimizer steps of the TINY model, checkpointed every 20: a kill lands mid-run.
+ARGS = [*TINY, "budget=6.4e10", "trainer.ckpt_every_steps=20", "trainer.val_every_steps=50", "trainer.log_every_steps=1",
+        "run_name=r"]
+
+
+def launch(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"out_dir={out}"], cwd=out,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(out: Path) -> dict:
+    proc = launch(out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads((out / "r" / "results.json").read_text())
+
+
+def train_rows(run_dir: Path) -> list[tuple[int, float, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        return [(int(r["step"]), float(r["train/loss"]), float(r["flops"])) for r in csv.DictReader(fh) if r.get("train/loss")]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("whole")
+    return out / "r", finish(out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_to_the_same_weights_and_curve(uninterrupted, tmp_path, sig):
+    whole_dir, whole = uninterrupted
+    proc = launch(tmp_path)
+    ckpt = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(sig).uniform(0.2, 1.5))  # a random step past the first checkpoint
+    assert proc.poll() is None, "run finished before it could be killed: raise the budget"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    killed_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < killed_step < whole["steps"]
+    if sig == signal.SIGTERM:
+        assert "interrupted by SIGTERM" in err
+        assert json.loads((tmp_path / "r" / "results.json").read_text())["status"] == "interrupted"
+
+    resumed = finish(tmp_path)
+    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == killed_step
+    assert resumed["steps"] == whole["steps"] and resumed["flops"] == whole["flops"] and resumed["tokens"] == whole["tokens"]
+    a, b = weights(whole_dir), weights(tmp_path / "r")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    rows_a, rows_b = train_rows(whole_dir), train_rows(tmp_path / "r")
+    steps_b = [s for s, _, _ in rows_b]
+    assert len(steps_b) == len(set(steps_b)), "duplicated steps in the resumed log"
+    assert [s for s, _, _ in rows_a] == steps_b
+    assert [f for _, _, f in rows_a] == [f for _, _, f in rows_b]
+    assert [x for _, x, _ in rows_b] == pytest.approx([x for _, x, _ in rows_a], rel=1e-4)
+    assert resumed["final_val_loss"] == pytest.approx(whole["final_val_loss"], rel=1e-5)
+    # The same W&B run is resumed, not a new one.
+    assert len(list((tmp_path / "r" / "wandb").glob("offline-run-*"))) >= 1
+    ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "r" / "wandb").glob("offline-run-*")}
+    assert ids == {(tmp_path / "r" / "wandb_id.txt").read_text().strip()}
+
+
+def test_nan_stops_the_run_keeps_last_good_checkpoint(compose, tmp_path, monkeypatch):
+    from peerlab.model import Transformer
+
+    original = Transformer.loss
+    calls = {"train": 0}
+
+    def poisoned(self, idx, targets):
+        loss = original(self, idx, targets)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 13:  # the 13th training step, i.e. step index 12
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(Transformer, "loss", poisoned)
+    cfg = compose("budget=1.3e10", f"out_dir={tmp_path}", "trainer.ckpt_every_steps=5", "run_name=nan")
+    with pytest.raises(FloatingPointError, match="non-finite training loss \\(nan\\) at step 12"):
+        run(cfg)
+    results = json.loads((tmp_path / "nan" / "results.json").read_text())
+    assert results["status"] == "diverged" and "step 12" in results["error"]
+    ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_diverged_run_prints_one_line(tmp_path, cache_dir):
+    """Through the CLI: a learning rate that blows up gives one line and exit status 3."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "budget=1.3e10", "optim.lr=1e6",
+                           "optim.grad_clip=0", "optim.warmup_fraction=0", f"out_dir={tmp_path}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "error: training diverged: non-finite training loss" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_offline_without_api_key_finishes_without_network_wait(tmp_path, cache_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc, so no API key
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "budget=6e9", f"out_dir={tmp_path}",
+                           "run_name=off"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.time() - t0 < 120
+    results = json.loads((tmp_path / "off" / "results.json").read_text())
+    assert results["wandb_dir"] and "offline-run" in results["wandb_dir"]
+    assert "wandb sync" in (tmp_path / "off" / "train.log").read_text()
