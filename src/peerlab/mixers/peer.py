@@ -63,7 +63,8 @@ class PEER(Mixer):
         weights, indices = self.router(x)  # (tokens, heads, k) each
         indices = indices.flatten(1)  # (tokens, heads*k)
         u = self.down(indices)  # (tokens, heads*k, d_model): the only materialised expert rows
-        hidden = self.act(torch.einsum("td,tjd->tj", x, u))  # (tokens, heads*k)
+        # u_i . x as one batched mat-vec; einsum would transpose-copy the (tokens, heads*k, d_model) rows.
+        hidden = self.act(torch.bmm(u, x.unsqueeze(-1)).squeeze(-1))  # (tokens, heads*k)
         y = weighted_bag(indices, hidden * weights.flatten(1), self.up.weight)
         return y.view(shape)
 
