@@ -27,6 +27,11 @@ def test_packed_blocks_shift_by_one():
     assert len(ds) == 9
     x, y = ds[3]
     assert torch.equal(x, torch.arange(30, 40)) and torch.equal(y, torch.arange(31, 41))
+    # Several shards: blocks never straddle two.
+    ds = PackedBlocks([np.arange(25, dtype=np.uint16), np.arange(100, 131, dtype=np.uint16)], seq_len=10)
+    assert len(ds) == 2 + 3
+    assert torch.equal(ds[1][0], torch.arange(10, 20)) and torch.equal(ds[2][0], torch.arange(100, 110))
+    assert torch.equal(ds[4][1], torch.arange(121, 131))
     with pytest.raises(ValueError, match="cannot fill one block"):
         PackedBlocks(np.arange(5, dtype=np.uint16), seq_len=10)
 
@@ -48,8 +53,8 @@ def _files(tmp_path, texts):
 
 
 def make_dm(tmp_path, files, seq_len=8):
-    return TextDataModule(seq_len=seq_len, batch_size=2, tokenizer={"kind": "bpe", "vocab_size": 300},
-                          files=files, val_fraction=0.3, cache_dir=str(tmp_path / "cache"), name="t")
+    return TextDataModule(corpora.EmbeddedCorpus("t", [], files, 0.3), seq_len=seq_len, batch_size=2,
+                          tokenizer={"kind": "bpe", "vocab_size": 300}, cache_dir=str(tmp_path / "cache"))
 
 
 def test_cache_detects_truncation_and_altered_bytes(tmp_path):
@@ -57,19 +62,19 @@ def test_cache_detects_truncation_and_altered_bytes(tmp_path):
     dm = make_dm(tmp_path, files)
     dm.prepare_data()
     entry, good = dm._entry, dm.manifest
-    original = (entry / "train.bin").read_bytes()
+    original = (entry / "train-00000.bin").read_bytes()
 
     def reload():
         fresh = make_dm(tmp_path, files)
         fresh.prepare_data()
-        return (fresh._entry / "train.bin").read_bytes()
+        return (fresh._entry / "train-00000.bin").read_bytes()
 
-    (entry / "train.bin").write_bytes(original[:-2])  # truncate
+    (entry / "train-00000.bin").write_bytes(original[:-2])  # truncate
     assert token_cache.verify(entry, dm.tokenizer) is None
     assert reload() == original
     altered = bytearray(original)
     altered[10] ^= 0xFF  # same size, one byte changed
-    (entry / "train.bin").write_bytes(bytes(altered))
+    (entry / "train-00000.bin").write_bytes(bytes(altered))
     assert token_cache.verify(entry, dm.tokenizer) is None
     assert reload() == original
     assert token_cache.verify(entry, dm.tokenizer) == good

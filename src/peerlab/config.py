@@ -157,11 +157,17 @@ def validate(cfg: DictConfig) -> None:
     d = cfg.data
     for key in ("seq_len", "batch_size"):
         _require(_is_int(d.get(key)) and d.get(key) >= 1, f"data.{key}", d.get(key), "must be an integer >= 1")
-    _require(isinstance(d.get("val_fraction"), float) and 0 < d.val_fraction < 1, "data.val_fraction", d.get("val_fraction"), "must be in (0, 1)")
-    for f in d.get("files") or []:
-        _require(Path(f).expanduser().is_file(), "data.files", f, "file does not exist")
-    if not (d.get("sources") or d.get("files")):
-        raise ConfigError("data.sources=[] and data.files=[]: give at least one source (wikipedia, lee) or a file")
+    _require(d.get("kind", "embedded") in ("embedded", "c4"), "data.kind", d.get("kind"), "allowed: embedded, c4")
+    if d.get("kind", "embedded") == "embedded":
+        _require(isinstance(d.get("val_fraction"), float) and 0 < d.val_fraction < 1, "data.val_fraction", d.get("val_fraction"), "must be in (0, 1)")
+        for f in d.get("files") or []:
+            _require(Path(f).expanduser().is_file(), "data.files", f, "file does not exist")
+        if not (d.get("sources") or d.get("files")):
+            raise ConfigError("data.sources=[] and data.files=[]: give at least one source (wikipedia, lee) or a file")
+    else:
+        _require(d.get("path") is None or Path(d.path).expanduser().is_dir(), "data.path", d.get("path"), "is not a directory (null = the HF hub)")
+        for key in ("train_shards", "val_shards"):
+            _require(_is_int(d.get(key)) and d.get(key) >= 1, f"data.{key}", d.get(key), "must be an integer >= 1")
 
     t = cfg.tokenizer
     _require(t.get("kind") in ("bpe", "gpt2"), "tokenizer.kind", t.get("kind"), "allowed: 'bpe', 'gpt2'")

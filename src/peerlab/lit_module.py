@@ -48,6 +48,7 @@ class LanguageModel(L.LightningModule):
         self.budget = budget
         self.flops = flops_breakdown(self.model)
         self.tokenizer_json: str | None = None  # stored with every checkpoint
+        self.run_config: dict | None = None  # the full run config (data included), for eval.py
         self._t_last: float | None = None
         self._tok_per_s = 0.0
         self._val_sum = 0.0
@@ -153,6 +154,8 @@ class LanguageModel(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer_json
+        checkpoint["peerlab_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokenizer_json = checkpoint.get("tokenizer")
+        self.run_config = checkpoint.get("peerlab_config")

@@ -16,9 +16,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from peerlab import __version__
+from peerlab.builders import build_datamodule
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint
 from peerlab.config import validate
-from peerlab.data.datamodule import TextDataModule
 from peerlab.flops import plan_budget
 from peerlab.lit_module import LanguageModel
 from peerlab.loggers import build_loggers, finish_loggers
@@ -142,11 +142,7 @@ def run(cfg: DictConfig) -> dict:
 
     L.seed_everything(cfg.seed, workers=True)
     data = cfg.data
-    dm = TextDataModule(
-        seq_len=data.seq_len, batch_size=data.batch_size, tokenizer=OmegaConf.to_container(cfg.tokenizer),
-        sources=list(data.sources or []), files=list(data.files or []), val_fraction=data.val_fraction,
-        cache_dir=data.cache_dir, num_workers=data.num_workers, seed=cfg.seed, name=data.name,
-    )
+    dm = build_datamodule(cfg, progress=cfg.trainer.progress_bar)
     dm.prepare_data()
 
     n_procs = world_size(cfg.trainer)
@@ -162,6 +158,7 @@ def run(cfg: DictConfig) -> dict:
     module = LanguageModel(**module_args, max_steps=plan.max_steps)
     del probe
     module.tokenizer_json = dm.tokenizer.to_str()
+    module.run_config = as_dict(cfg)
 
     config = as_dict(cfg)
     ckpt_dir = run_dir / "checkpoints"

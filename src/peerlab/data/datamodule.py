@@ -1,16 +1,18 @@
-"""The LightningDataModule: corpus -> tokenizer -> cached token files -> packed ``seq_len`` blocks."""
+"""The LightningDataModule: corpus -> tokenizer -> cached token shards -> packed ``seq_len`` blocks."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from peerlab.data import corpora, token_cache
+from peerlab.data import token_cache
 from peerlab.data.sampling import ResumableSampler
 from peerlab.data.tokenizer import build_tokenizer
 
@@ -18,75 +20,71 @@ log = logging.getLogger(__name__)
 
 
 class PackedBlocks(Dataset):
-    """Non-overlapping blocks of a flat token stream: item ``i`` is ``(x, y)`` with ``y`` = ``x`` shifted by one."""
+    """Non-overlapping blocks of flat token streams (one per shard; blocks never cross shards): item ``i`` is
+    ``(x, y)`` with ``y`` = ``x`` shifted by one token."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
-        self.tokens = tokens
+    def __init__(self, shards: np.ndarray | Sequence[np.ndarray], seq_len: int) -> None:
+        self.shards = [shards] if isinstance(shards, np.ndarray) else list(shards)
         self.seq_len = seq_len
-        self.n_blocks = (len(tokens) - 1) // seq_len
-        if self.n_blocks < 1:
-            raise ValueError(f"data: {len(tokens)} tokens cannot fill one block of seq_len={seq_len}")
+        counts = [max(0, (len(s) - 1) // seq_len) for s in self.shards]
+        self.offsets = np.cumsum([0, *counts])
+        if self.offsets[-1] < 1:
+            raise ValueError(f"data: {sum(len(s) for s in self.shards)} tokens cannot fill one block of seq_len={seq_len}")
 
     def __len__(self) -> int:
-        return self.n_blocks
+        return int(self.offsets[-1])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = i * self.seq_len
-        chunk = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
+        shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        start = (i - int(self.offsets[shard])) * self.seq_len
+        chunk = torch.from_numpy(self.shards[shard][start : start + self.seq_len + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]
 
 
 class TextDataModule(L.LightningDataModule):
+    """Serves a corpus (``EmbeddedCorpus``, ``C4Corpus``: anything with ``name``, ``key()``, ``texts(split)``
+    and ``encode(tokenizer, split)``) as packed blocks, tokenized once into a shared cache."""
+
     def __init__(
         self,
+        corpus: Any,
         seq_len: int,
         batch_size: int,
         tokenizer: dict,
-        sources: list[str] | None = None,
-        files: list[str] | None = None,
-        val_fraction: float = 0.05,
         cache_dir: str = "~/.cache/peerlab",
         num_workers: int = 0,
         seed: int = 0,
-        name: str = "embedded",
+        progress: bool = False,
     ) -> None:
         super().__init__()
+        self.corpus = corpus
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.tokenizer_cfg = dict(tokenizer)
-        self.sources = list(sources or [])
-        self.files = list(files or [])
-        self.val_fraction = val_fraction
         self.cache_dir = Path(cache_dir).expanduser()
         self.num_workers = num_workers
         self.seed = seed
-        self.name = name
+        self.progress = progress
         self.tokenizer = None
         self.manifest: dict | None = None
         self._entry: Path | None = None
 
     def prepare_data(self) -> None:
         """Build (or verify) the tokenizer and the token cache; cheap when both exist and are intact."""
-        docs = corpora.load_documents(self.sources, self.files)
-        train_docs, val_docs = corpora.split_documents(docs, self.val_fraction)
-        corpus_key = f"{self.name}-{corpora.fingerprint(docs)}-v{self.val_fraction}"
-        train_texts = [d.text for d in train_docs]
-        tok = build_tokenizer(
-            self.tokenizer_cfg.get("kind", "bpe"),
-            train_texts,
-            int(self.tokenizer_cfg.get("vocab_size", 4096)),
-            self.cache_dir,
-            corpus_key,
-        )
-        entry = token_cache.entry_dir(self.cache_dir, corpus_key, tok)
+        tok = build_tokenizer(self.tokenizer_cfg.get("kind", "bpe"), lambda: self.corpus.texts("train"),
+                              int(self.tokenizer_cfg.get("vocab_size") or 0), self.cache_dir, self.corpus.key())
+        entry = token_cache.entry_dir(self.cache_dir, self.corpus.key(), tok)
         manifest = token_cache.verify(entry, tok)
         if manifest is None:
             if entry.exists():
                 log.warning("token cache %s is incomplete or corrupt: rebuilding it", entry)
             manifest = token_cache.build(
-                entry, tok, {"train": train_texts, "val": [d.text for d in val_docs]},
-                meta={"corpus": corpus_key, "sources": self.sources, "files": [str(f) for f in self.files]},
+                entry, tok, {split: self.corpus.encode(tok, split) for split in ("train", "val")},
+                meta={"corpus": self.corpus.key()}, progress=self.progress,
             )
+            for split, info in manifest["splits"].items():
+                log.info("tokenized %s: %d documents, %d tokens in %.1f s (%.0f tokens/s)", split, info["documents"],
+                         info["tokens"], info["seconds"], info["tokens"] / max(info["seconds"], 1e-9))
         self.tokenizer, self.manifest, self._entry = tok, manifest, entry
 
     def setup(self, stage: str | None = None) -> None:

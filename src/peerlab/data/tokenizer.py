@@ -6,7 +6,7 @@ Every tokenizer is a ``tokenizers.Tokenizer``; its JSON is stored with every che
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -58,8 +58,10 @@ def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
 
-def build_tokenizer(kind: str, train_texts: Sequence[str], vocab_size: int, cache_dir: Path, corpus_key: str) -> Tokenizer:
-    """The tokenizer named by ``tokenizer.kind``; trained ones are cached per (corpus, vocab size)."""
+def build_tokenizer(kind: str, train_texts: Callable[[], Iterable[str]], vocab_size: int, cache_dir: Path,
+                    corpus_key: str) -> Tokenizer:
+    """The tokenizer named by ``tokenizer.kind``; trained ones are cached per (corpus, vocab size).
+    ``train_texts`` is only called when a BPE has to be trained."""
     if kind == "gpt2":
         return gpt2_tokenizer()
     if kind != "bpe":
@@ -67,7 +69,7 @@ def build_tokenizer(kind: str, train_texts: Sequence[str], vocab_size: int, cach
     path = cache_dir / "tokenizers" / f"bpe-{vocab_size}-{corpus_key}.json"
     if path.is_file():
         return Tokenizer.from_file(str(path))
-    tok = train_bpe(train_texts, vocab_size)
+    tok = train_bpe(list(train_texts()), vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tok.save(str(tmp))

@@ -1,0 +1,26 @@
+"""Perplexity of checkpoints on evaluation sets: ``python eval.py ckpt=<path> eval_sets=[embedded,c4]`` (see README)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from peerlab.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from peerlab.errors import USER_ERRORS
+    from peerlab.evaluate import run_eval
+
+    try:
+        run_eval(cfg)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``eval.py``: perplexity of checkpoints on evaluation sets, written as a Table-1-style markdown and CSV.
+
+Perplexity is token-level: each set's documents are tokenized with the checkpoint's own tokenizer, joined with the
+end-of-text token (as in training), cut into non-overlapping blocks of the model's ``seq_len`` + 1 tokens, and
+``exp(total negative log-likelihood / predicted tokens)`` is taken over all blocks (a final partial block is scored
+too). Models run in eval mode (query BatchNorm uses running statistics).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from peerlab.config import sci
+from peerlab.data.corpora import EmbeddedCorpus, encode_texts
+from peerlab.eval_sets import documents
+from peerlab.lit_module import LanguageModel
+
+
+def load_checkpoint(path: str | Path) -> tuple[LanguageModel, Tokenizer]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        from peerlab.config import ConfigError
+
+        raise ConfigError(f"ckpt={str(path)!r}: no such checkpoint file")
+    module = LanguageModel.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+    if not module.tokenizer_json:
+        from peerlab.config import ConfigError
+
+        raise ConfigError(f"ckpt={str(path)!r}: the checkpoint carries no tokenizer (not written by peerlab?)")
+    return module.eval(), Tokenizer.from_str(module.tokenizer_json)
+
+
+def default_label(module: LanguageModel) -> str:
+    cfg = module.run_config or {}
+    layer = cfg.get("layer", {}).get("name", module.hparams["layer"].get("name", "?"))
+    model = cfg.get("model", {}).get("name", module.hparams["model"].get("name", "?"))
+    return f"{layer} {model} {sci(module.hparams['budget'])}"
+
+
+def token_stream(tok: Tokenizer, texts) -> np.ndarray:
+    parts = list(encode_texts(tok, texts))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def perplexity(module: LanguageModel, tokens: np.ndarray, batch_size: int = 8, max_tokens: int | None = None) -> dict:
+    model = module.model
+    seq_len = model.shape.seq_len
+    if max_tokens:
+        tokens = tokens[: max_tokens + 1]
+    if len(tokens) < 2:
+        raise ValueError("evaluation set has fewer than 2 tokens")
+    starts = list(range(0, len(tokens) - 1, seq_len))
+    nll, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        chunk = [torch.from_numpy(tokens[s : s + seq_len + 1].astype(np.int64)) for s in starts[i : i + batch_size]]
+        full = [c for c in chunk if len(c) == seq_len + 1]
+        for group in ([torch.stack(full)] if full else []) + [c.unsqueeze(0) for c in chunk if len(c) != seq_len + 1]:
+            x, y = group[:, :-1], group[:, 1:]
+            logits = model(x)
+            nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    return {"ppl": math.exp(nll / count), "loss": nll / count, "tokens": count}
+
+
+def set_documents(name: str, spec: dict, module: LanguageModel, cache_dir: str | None, max_documents: int | None):
+    if name == "embedded":
+        data = (module.run_config or {}).get("data") or {"name": "embedded", "sources": ["wikipedia", "lee"], "files": [], "val_fraction": 0.05}
+        if data.get("kind", "embedded") != "embedded":
+            data = {"name": "embedded", "sources": ["wikipedia", "lee"], "files": [], "val_fraction": 0.05}
+        return EmbeddedCorpus(data["name"], data.get("sources") or [], data.get("files") or [], data["val_fraction"]).texts("val")
+    return documents(name, spec, cache_dir, max_documents)
+
+
+def write_tables(out_dir: Path, table: dict[str, dict[str, float]]) -> None:
+    sets = sorted({s for row in table.values() for s in row}, key=lambda s: (s != "embedded", s))
+    (out_dir / "results.json").write_text(json.dumps(table, indent=2))
+    with open(out_dir / "table.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", *sets])
+        for method, row in table.items():
+            w.writerow([method, *[f"{row[s]:.4f}" if s in row else "" for s in sets]])
+    lines = ["| Method | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    for method, row in table.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[s]:.2f}" if s in row else "-" for s in sets) + " |")
+    (out_dir / "table.md").write_text("Perplexity (lower is better); token-level, non-overlapping blocks.\n\n" + "\n".join(lines) + "\n")
+
+
+def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
+    from omegaconf import OmegaConf
+
+    ckpts = cfg.ckpt if OmegaConf.is_list(cfg.ckpt) or isinstance(cfg.ckpt, list) else [cfg.ckpt]
+    out_dir = Path(cfg.out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        table = json.loads((out_dir / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        table = {}
+    for ckpt in ckpts:
+        module, tok = load_checkpoint(ckpt)
+        label = (cfg.name if len(ckpts) == 1 and cfg.name else None) or default_label(module)
+        row = table.setdefault(label, {})
+        for name in cfg.eval_sets:
+            spec = OmegaConf.to_container(cfg.sets.get(name, {})) if name in cfg.sets else {}
+            tokens = token_stream(tok, set_documents(name, spec, module, cfg.get("hf_cache_dir"), cfg.get("max_documents")))
+            result = perplexity(module, tokens, cfg.batch_size, cfg.get("max_tokens"))
+            row[name] = result["ppl"]
+            print(f"{label:>28s}  {name:>10s}: ppl {result['ppl']:.3f} over {result['tokens']} tokens", flush=True)
+        write_tables(out_dir, table)
+        if cfg.get("wandb"):
+            _log_wandb(ckpt, label, row)
+    print(f"wrote {out_dir / 'table.md'} and table.csv")
+    return table
+
+
+def _log_wandb(ckpt: str, label: str, row: dict[str, float]) -> None:
+    """Add the perplexities to the checkpoint's own W&B run (offline unless an API key is configured)."""
+    import wandb
+
+    from peerlab.loggers import wandb_mode
+
+    run_dir = Path(ckpt).expanduser().resolve().parents[1]
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    run = wandb.init(project="peerlab", id=run_id, resume="allow", dir=str(run_dir), mode=wandb_mode("auto"))
+    run.summary.update({f"eval/{k}/ppl": v for k, v in row.items()})
+    run.log({"eval/table": wandb.Table(columns=["method", *row], data=[[label, *row.values()]])})
+    run.finish()

@@ -1,0 +1,92 @@
+"""eval.py on a tiny trained checkpoint with every evaluation set as a local file in its public format."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY
+from peerlab.data import corpora
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, cache_dir):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIGS
+    from peerlab.config import register_schema
+    from peerlab.train import run
+
+    register_schema()
+    out = tmp_path_factory.mktemp("evalrun")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TINY, "budget=1.3e10", f"out_dir={out}"])
+    return run(cfg)
+
+
+@pytest.fixture(scope="module")
+def eval_files(tmp_path_factory):
+    from datasets import Dataset
+
+    d = tmp_path_factory.mktemp("evalsets")
+    texts = [doc.text for doc in corpora.load_documents(["lee"])][:30]
+    with gzip.open(d / "c4-validation.00000-of-00008.json.gz", "wt") as fh:
+        for t in texts[:10]:
+            fh.write(json.dumps({"text": t, "timestamp": "2019-04-25T12:57:54Z", "url": "https://example.com"}) + "\n")
+    Dataset.from_dict({"text": [" = Title = \n", *[t + "\n" for t in texts[10:15]]]}).to_parquet(str(d / "test-00000-of-00001.parquet"))
+    (d / "lambada_test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[15:20]))
+    import zstandard
+
+    pile = "".join(json.dumps({"text": t, "meta": {"pile_set_name": "Pile-CC"}}) + "\n" for t in texts[20:25])
+    (d / "val.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(pile.encode()))  # the Pile's format
+    with open(d / "curation.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["url", "article_content"])
+        w.writerows([["https://example.com", t] for t in texts[25:30]])
+    return d
+
+
+def test_eval_table_from_local_files(checkpoint, eval_files, tmp_path):
+    out = tmp_path / "eval"
+    seq_len = checkpoint["config"]["data"]["seq_len"]
+    full_block_tokens = (checkpoint["val_tokens"] - 1) // seq_len * seq_len
+    args = [
+        f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[embedded,c4,wikitext,lambada,pile,curation]",
+        f"sets.c4.path={eval_files}", f"sets.wikitext.path={eval_files / 'test-00000-of-00001.parquet'}",
+        f"sets.lambada.path={eval_files / 'lambada_test.jsonl'}", f"sets.pile.path={eval_files / 'val.jsonl.zst'}",
+        f"sets.curation.path={eval_files / 'curation.csv'}", "sets.curation.text_field=article_content",
+        f"out_dir={out}", "name=dense-tiny",
+    ]
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((out / "results.json").read_text())
+    row = table["dense-tiny"]
+    assert set(row) == {"embedded", "c4", "wikitext", "lambada", "pile", "curation"}
+    assert all(math.isfinite(v) and 1 < v < 512 for v in row.values())  # below the uniform model's 512
+    md = (out / "table.md").read_text()
+    assert "| dense-tiny |" in md and "| Method | embedded | c4 | curation | lambada | pile | wikitext |" in md
+    # Independent check: on exactly the validation blocks training scored, eval gives training's final loss.
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={checkpoint['checkpoints']['last']}",
+                           "eval_sets=[embedded]", f"max_tokens={full_block_tokens}", f"out_dir={tmp_path / 'e2'}",
+                           "name=x"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ppl = json.loads((tmp_path / "e2" / "results.json").read_text())["x"]["embedded"]
+    assert math.log(ppl) == pytest.approx(checkpoint["final_val_loss"], rel=1e-4)
+
+
+def test_eval_errors_are_one_line(checkpoint, tmp_path):
+    for args, message in [
+        (["ckpt=/no/such.ckpt"], "error: ckpt='/no/such.ckpt': no such checkpoint file"),
+        ([f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[pile]"], "error: eval set 'pile' has no hub source"),
+        ([f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[wiki]"], "error: eval_sets: 'wiki' is not an evaluation set"),
+    ]:
+        proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), *args, f"out_dir={tmp_path}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
