@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
         save_dir=str(run_dir), offline=(mode == "offline"), resume="allow", config=config,
         settings=_wandb_settings(mode),
     )
-    experiment = wandb_logger.experiment
+    experiment = _start_wandb(wandb_logger)
+    if experiment is None:
+        return loggers
     # Loss against FLOPs is the chart that matters for isoFLOP work: make cumulative FLOPs every chart's x-axis.
     experiment.define_metric("flops")
     experiment.define_metric("*", step_metric="flops")
@@ -99,6 +102,21 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
         log.info("W&B is offline (no API key); upload later with: wandb sync %s", Path(experiment.dir).parent)
     loggers.append(wandb_logger)
     return loggers
+
+
+def _start_wandb(wandb_logger: WandbLogger, patience_s: float = 30.0):
+    """Start the W&B run. After a SIGKILL, the killed process's W&B service can hold the run id for a few seconds
+    ("run ID ... is in use"): wait for it to exit. If W&B still cannot start, train anyway (CSV keeps every row)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return wandb_logger.experiment
+        except Exception as exc:  # wandb raises its own, version-specific classes
+            if "in use" in str(exc) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            log.warning("W&B could not start (%s); continuing with the CSV logger only", str(exc).splitlines()[0])
+            return None
 
 
 def _wandb_settings(mode: str):
