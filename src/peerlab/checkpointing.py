@@ -46,7 +46,7 @@ class LastCheckpoint(Callback):
         if trainer.global_step == self._last_step:
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._last_step, self._last_time = trainer.global_step, time.monotonic()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:

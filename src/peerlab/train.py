@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from peerlab import __version__
-from peerlab.builders import build_datamodule
+from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint
 from peerlab.config import validate
 from peerlab.flops import plan_budget
@@ -189,6 +189,7 @@ def run(cfg: DictConfig) -> dict:
     results: dict[str, Any] = {
         "status": "running", "run_dir": str(run_dir), "config": config, "budget": float(cfg.budget),
         "params_total": module.model.num_params(), "params_active": module.model.active_params(),
+        "params_dense_backbone": dense_backbone_params(module.model, cfg.model),
         "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
         "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
         "tokens_per_step": tokens_per_step, "max_steps": plan.max_steps, "world_size": n_procs,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,10 @@ class TextDataModule(L.LightningDataModule):
         self._entry: Path | None = None
 
     def prepare_data(self) -> None:
-        """Build (or verify) the tokenizer and the token cache; cheap when both exist and are intact."""
+        """Build (or verify) the tokenizer and the token cache; cheap when both exist and are intact.
+        Non-zero local ranks of a multi-process job wait for local rank 0 to build them."""
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            self._wait_for_rank_zero()
         tok = build_tokenizer(self.tokenizer_cfg.get("kind", "bpe"), lambda: self.corpus.texts("train"),
                               int(self.tokenizer_cfg.get("vocab_size") or 0), self.cache_dir, self.corpus.key())
         entry = token_cache.entry_dir(self.cache_dir, self.corpus.key(), tok)
@@ -86,6 +91,24 @@ class TextDataModule(L.LightningDataModule):
                 log.info("tokenized %s: %d documents, %d tokens in %.1f s (%.0f tokens/s)", split, info["documents"],
                          info["tokens"], info["seconds"], info["tokens"] / max(info["seconds"], 1e-9))
         self.tokenizer, self.manifest, self._entry = tok, manifest, entry
+        self._mark_ready()
+
+    @property
+    def _ready_marker(self) -> Path:
+        t = self.tokenizer_cfg
+        return self.cache_dir / "tokens" / f".ready-{self.corpus.key()}-{t.get('kind')}-{t.get('vocab_size')}"
+
+    def _wait_for_rank_zero(self, timeout_s: float = 6 * 3600) -> None:
+        marker = self._ready_marker
+        deadline = time.monotonic() + timeout_s
+        while not marker.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {os.environ.get('LOCAL_RANK')}: local rank 0 did not build the data cache {marker}")
+            time.sleep(1.0)
+
+    def _mark_ready(self) -> None:
+        self._ready_marker.parent.mkdir(parents=True, exist_ok=True)
+        self._ready_marker.touch()
 
     def setup(self, stage: str | None = None) -> None:
         if self.manifest is None:

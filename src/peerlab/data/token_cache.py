@@ -134,9 +134,13 @@ def build(entry: Path, tok: Tokenizer, splits: dict[str, Iterable[np.ndarray]], 
             manifest["splits"][split] = {"documents": writer.documents, "tokens": total, "shards": writer.shards,
                                          "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if entry.exists():
-            shutil.rmtree(entry)
-        tmp.rename(entry)
+        try:
+            tmp.rename(entry)
+        except OSError:  # the entry exists: another process (rank, sweep job) may have just built it
+            if verify(entry, tok) is not None:
+                return json.loads((entry / MANIFEST).read_text())
+            shutil.rmtree(entry, ignore_errors=True)
+            tmp.rename(entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     verify(entry, tok)  # writes the stamp, so the next load need not rehash

@@ -26,6 +26,7 @@ from torch import nn
 
 from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import Mixer, MixerConfigError
+from peerlab.mixers.usage import usage_metrics
 
 ROUTINGS = ("expert_choice", "token_choice")
 
@@ -156,15 +157,7 @@ class MoE(Mixer):
         self._tokens_seen = self._tokens_dropped = 0
 
     def usage_stats(self) -> dict[str, float]:
-        total = self.routed_mass.sum() if self.routed_mass.numel() else 0
-        if total <= 0:
-            return {}
-        z = self.routed_mass / total
-        nz = z[z > 0]
-        stats = {
-            "expert_usage": float((z > 0).double().mean()),
-            "unevenness": float(math.log(self.n_experts) + (nz * nz.log()).sum()),
-        }
-        if self.routing == "expert_choice":
+        stats = usage_metrics(self.routed_mass)
+        if stats and self.routing == "expert_choice":
             stats["dropped_tokens"] = self._tokens_dropped / max(1, self._tokens_seen)
         return stats

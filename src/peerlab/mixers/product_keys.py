@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerlab.mixers.base import MixerConfigError
+from peerlab.mixers.usage import usage_metrics
 
 
 def _topk(scores: torch.Tensor, k: int, stable: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,16 +150,7 @@ class ProductKeyRouter(nn.Module):
         self.usage = torch.zeros(self.n_keys, dtype=torch.float64, device=self.keys.device)
 
     def usage_stats(self) -> dict[str, float]:
-        """``expert_usage``: share of keys with z_i > 0; ``unevenness``: KL(z || uniform) = log N + sum z log z."""
-        total = self.usage.sum()
-        if not self.usage.numel() or total <= 0:
-            return {}
-        z = self.usage / total
-        nz = z[z > 0]
-        return {
-            "expert_usage": float((z > 0).double().mean()),
-            "unevenness": float(math.log(self.n_keys) + (nz * nz.log()).sum()),
-        }
+        return usage_metrics(self.usage)
 
 
 def weighted_bag(indices: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

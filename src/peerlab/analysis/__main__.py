@@ -1,0 +1,51 @@
+"""``python -m peerlab.analysis <sweep dirs> --out <dir>``: isoFLOP fits, figures and tables from results.json files.
+
+    python -m peerlab.analysis runs/sweeps/isoflop_cpu --out experiments/results/isoflop_cpu
+    python -m peerlab.analysis runs/sweeps/ablation_query_bn --out experiments/results/bn \\
+        --ablation layer.n_experts --series layer.query_norm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from peerlab.analysis import figures, tables
+from peerlab.analysis.collect import collect
+from peerlab.analysis.isoflop import optima
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+", help="folders searched (recursively) for results.json")
+    ap.add_argument("--out", required=True, type=Path, help="where figures and tables are written")
+    ap.add_argument("--ablation", help="config key on the x-axis of an ablation (e.g. layer.n_experts)")
+    ap.add_argument("--series", help="config key that splits an ablation into series (e.g. layer.query_norm)")
+    args = ap.parse_args(argv)
+    runs, skipped = collect(args.dirs)
+    if not runs:
+        print(f"error: no completed results.json under {', '.join(args.dirs)} (skipped: {skipped or 'none found'})", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if args.ablation:
+        (args.out / "ablation.md").write_text(tables.ablation_table(runs, args.ablation, args.series) + "\n")
+        figures.ablation(runs, args.ablation, args.series, args.out / "ablation.png")
+        written += ["ablation.md", "ablation.png"]
+    else:
+        opts = optima(runs)
+        (args.out / "table1.md").write_text(tables.table1(opts) + "\n")
+        (args.out / "optima.json").write_text(json.dumps([asdict(o) for o in opts], indent=2))
+        figures.isoflop_curves(runs, opts, args.out / "isoflop.png")
+        figures.loss_vs_flops(runs, opts, args.out / "loss_vs_flops.png")
+        written += ["table1.md", "optima.json", "isoflop.png", "loss_vs_flops.png"]
+    print(f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in skipped.items()) or 'none'} skipped); wrote "
+          + ", ".join(str(args.out / w) for w in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""PNG figures: isoFLOP curves (the paper's Figure 1), validation loss against FLOPs, and ablations."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from peerlab.analysis.collect import Run  # noqa: E402
+from peerlab.analysis.isoflop import Optimum  # noqa: E402
+from peerlab.config import sci  # noqa: E402
+
+STYLE = {"ffw": ("black", "o"), "moe": ("tab:blue", "s"), "pkm": ("tab:green", "^"), "peer": ("tab:red", "D")}
+
+
+def _style(method: str) -> tuple[str, str]:
+    return STYLE.get(method.split("_")[0], ("tab:gray", "x"))
+
+
+def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:
+    budgets = sorted({o.budget for o in opts})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 4), squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        for o in (o for o in opts if o.budget == budget):
+            color, marker = _style(o.method)
+            pts = [(r.params, r.loss) for r in runs if r.method == o.method and r.budget == budget]
+            ax.scatter([p for p, _ in pts], [loss for _, loss in pts], color=color, marker=marker, label=o.method, alpha=0.8)
+            if o.coef is not None:
+                xs = np.linspace(np.log10(min(o.sizes)), np.log10(max(o.sizes)), 100)
+                ax.plot(10**xs, np.polyval(o.coef, xs), color=color, lw=1)
+            ax.scatter([o.size], [o.loss], color=color, marker="*", s=150, edgecolor="k", zorder=5)
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (dense backbone)")
+        ax.set_ylabel("final validation loss (nats)")
+        ax.set_title(f"isoFLOP {sci(budget)} FLOPs")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def loss_vs_flops(runs: list[Run], opts: list[Optimum], path: Path) -> None:
+    """Validation loss against cumulative FLOPs for each method's run nearest its compute-optimal size."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for o in opts:
+        candidates = [r for r in runs if r.method == o.method and r.budget == o.budget]
+        best = min(candidates, key=lambda r: abs(np.log(r.params) - np.log(o.size)))
+        metrics = best.path / "csv" / "metrics.csv"
+        if not metrics.is_file():
+            continue
+        with open(metrics) as fh:
+            rows = [(float(r["flops"]), float(r["val/loss"])) for r in csv.DictReader(fh) if r.get("val/loss")]
+        if rows:
+            color, _ = _style(o.method)
+            ax.plot(*zip(*rows, strict=True), color=color, alpha=0.4 + 0.6 * (o.budget == max(x.budget for x in opts)),
+                    label=f"{o.method} {sci(o.budget)}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("validation loss (nats)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ablation(runs: list[Run], key: str, series: str | None, path: Path) -> None:
+    groups: dict[object, list[tuple[float, float]]] = defaultdict(list)
+    for r in runs:
+        groups[r.config_value(series) if series else "runs"].append((float(r.config_value(key)), r.loss))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, pts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        pts.sort()
+        ax.plot([p for p, _ in pts], [np.exp(v) for _, v in pts], marker="o", label=f"{series}={name}" if series else None)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(key)
+    ax.set_ylabel("validation perplexity")
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

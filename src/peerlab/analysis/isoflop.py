@@ -1,0 +1,85 @@
+"""Chinchilla approach 2: per budget and method, a parabola of final loss in log(size); its vertex is the
+compute-optimal size and loss. Uncertainty by bootstrap over the runs (seeds of one size are averaged first)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from peerlab.analysis.collect import Run
+
+
+@dataclass
+class Optimum:
+    method: str
+    budget: float
+    sizes: list[float]
+    losses: list[float]  # mean over seeds, per size
+    seeds: list[int]  # runs per size
+    coef: tuple[float, float, float] | None  # loss = a x^2 + b x + c, x = log10(size)
+    size: float  # compute-optimal size (vertex, or best observed when there is no interior minimum)
+    loss: float
+    size_std_log10: float | None
+    loss_std: float | None
+    interior: bool  # the vertex lies inside the sampled sizes
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.loss)
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+    if len(np.unique(x)) < 3:
+        return None
+    a, b, c = np.polyfit(x, y, 2)
+    return float(a), float(b), float(c)
+
+
+def _vertex(coef, x: np.ndarray, y: np.ndarray) -> tuple[float, float, bool]:
+    if coef is not None and coef[0] > 0:
+        a, b, c = coef
+        xv = -b / (2 * a)
+        if x.min() <= xv <= x.max():
+            return xv, c - b * b / (4 * a), True
+    i = int(np.argmin(y))  # no interior minimum: the grid does not bracket the optimum
+    return float(x[i]), float(y[i]), False
+
+
+def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 1000, seed: int = 0) -> Optimum:
+    by_size: dict[float, list[float]] = defaultdict(list)
+    for r in runs:
+        by_size[r.params].append(r.loss)
+    sizes = sorted(by_size)
+    x = np.log10(np.array(sizes))
+    y = np.array([np.mean(by_size[s]) for s in sizes])
+    coef = _fit(x, y)
+    xv, lv, interior = _vertex(coef, x, y)
+    size_std = loss_std = None
+    if coef is not None:
+        # Resample runs (seeds included) with replacement; keep resamples that still span three sizes.
+        rng = np.random.default_rng(seed)
+        pts_x = np.log10(np.array([r.params for r in runs]))
+        pts_y = np.array([r.loss for r in runs])
+        xs, ls = [], []
+        for _ in range(bootstrap):
+            idx = rng.integers(0, len(runs), len(runs))
+            c = _fit(pts_x[idx], pts_y[idx])
+            if c is None:
+                continue
+            bx, bl, _ = _vertex(c, pts_x[idx], pts_y[idx])
+            xs.append(bx)
+            ls.append(bl)
+        if len(xs) >= 10:
+            size_std, loss_std = float(np.std(xs)), float(np.std(ls))
+    return Optimum(method, budget, sizes, y.tolist(), [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
+                   size_std, loss_std, interior)
+
+
+def optima(runs: list[Run]) -> list[Optimum]:
+    groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.method, r.budget)].append(r)
+    return [fit_optimum(m, b, rs) for (m, b), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))]

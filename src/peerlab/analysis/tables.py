@@ -1,0 +1,45 @@
+"""Markdown tables in the style of the paper's Table 1 (compute-optimal loss) and Table 2 (usage ablation)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from peerlab.analysis.collect import Run
+from peerlab.analysis.isoflop import Optimum
+from peerlab.config import sci
+
+
+def _pm(value: float | None, fmt: str) -> str:
+    return "" if value is None else f" ± {value:{fmt}}"
+
+
+def table1(opts: list[Optimum]) -> str:
+    lines = [
+        "| budget | method | optimal loss | ppl | optimal size | sizes (runs) | bracketed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in opts:
+        sizes = ", ".join(f"{s / 1e6:.2g}M ({n})" for s, n in zip(o.sizes, o.seeds, strict=True))
+        size_pm = "" if o.size_std_log10 is None else f" (±{o.size_std_log10:.2f} dex)"
+        lines.append(f"| {sci(o.budget)} | {o.method} | {o.loss:.4f}{_pm(o.loss_std, '.4f')} | {o.ppl:.2f} | "
+                     f"{o.size / 1e6:.3g}M{size_pm} | {sizes} | {'yes' if o.interior else 'no: best observed'} |")
+    return "\n".join(lines)
+
+
+def ablation_table(runs: list[Run], key: str, series: str | None = None) -> str:
+    """Final perplexity, expert usage and unevenness against a config key (e.g. layer.n_experts), per series."""
+    rows: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        rows[(r.config_value(series) if series else "", r.config_value(key))].append(r)
+    head = f"| {series or ''} | {key} | runs | ppl | expert usage | unevenness |" if series else f"| {key} | runs | ppl | expert usage | unevenness |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for (s, k), rs in sorted(rows.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] if kv[0][1] is not None else 0)):
+        loss = sum(r.loss for r in rs) / len(rs)
+        usage = [r.results.get("usage", {}).get("val/expert_usage") for r in rs]
+        uneven = [r.results.get("usage", {}).get("val/unevenness") for r in rs]
+        fmt = lambda v: f"{100 * sum(v) / len(v):.1f}%" if None not in v else "-"  # noqa: E731
+        fmt_u = lambda v: f"{sum(v) / len(v):.3f}" if None not in v else "-"  # noqa: E731
+        cells = [str(s)] if series else []
+        lines.append("| " + " | ".join([*cells, str(k), str(len(rs)), f"{math.exp(loss):.2f}", fmt(usage), fmt_u(uneven)]) + " |")
+    return "\n".join(lines)

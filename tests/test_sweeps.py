@@ -1,0 +1,138 @@
+"""Sweeps: a sweep file through Hydra multirun, skip-on-rerun, analysis; launcher configs; DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CONFIGS, TINY, run_train
+from peerlab.analysis.collect import Run
+from peerlab.analysis.isoflop import fit_optimum
+
+SWEEP = """
+defaults:
+  - train
+  - _self_
+hydra:
+  sweep:
+    dir: {out}/sweeps/tiny
+  sweeper:
+    params:
+      model: tiny,d2,d3
+      layer: ffw,peer_small
+      budget: 2.5e10
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "tiny_sweep.yaml").write_text(SWEEP.format(out=root))
+    args = ["-m", "-cd", str(root), "-cn", "tiny_sweep", *TINY[1:], "layer.n_experts=1024", f"out_dir={root}"]
+    proc = run_train(*args, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, args
+
+
+def results(root: Path) -> dict[str, dict]:
+    return {str(p.parent): json.loads(p.read_text()) for p in (root / "sweeps" / "tiny").rglob("results.json")}
+
+
+def test_sweep_file_runs_every_point(sweep):
+    root, _ = sweep
+    found = results(root)
+    assert len(found) == 6
+    assert {(r["config"]["model"]["name"], r["config"]["layer"]["name"]) for r in found.values()} == {
+        (m, layer) for m in ("tiny", "d2", "d3") for layer in ("ffw", "peer_small")}
+    assert all(r["status"] == "completed" for r in found.values())
+
+
+def test_rerunning_a_sweep_skips_completed_points(sweep):
+    root, args = sweep
+    before = results(root)
+    victim = sorted(before)[0]
+    Path(victim, "results.json").unlink()  # as if that point had crashed before finishing
+    proc = run_train(*args, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = results(root)
+    assert after.keys() == before.keys()
+    for path, r in after.items():
+        if path == victim:
+            assert r["status"] == "completed"  # reran (resumed from its last checkpoint)
+        else:
+            assert r["wall_time_s"] == before[path]["wall_time_s"]  # untouched
+
+
+def test_analysis_fits_and_draws(sweep, tmp_path):
+    from peerlab.analysis.__main__ import main
+
+    root, _ = sweep
+    assert main([str(root / "sweeps"), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table1.md").read_text()
+    assert "| 2.5e10 | ffw |" in table and "| 2.5e10 | peer_small |" in table
+    for png in ("isoflop.png", "loss_vs_flops.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    optima = json.loads((tmp_path / "optima.json").read_text())
+    assert {o["method"] for o in optima} == {"ffw", "peer_small"}
+    assert all(len(o["sizes"]) == 3 for o in optima)
+    assert main([str(root / "sweeps"), "--out", str(tmp_path / "abl"), "--ablation", "model.depth", "--series", "layer.name"]) == 0
+    assert "| ffw | 2 |" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_parabola_fit_recovers_a_known_optimum():
+    rng = np.random.default_rng(0)
+    sizes = np.logspace(6, 8, 5)
+    true_x, true_loss = 7.2, 3.0
+    runs = []
+    for s in sizes:
+        for seed in range(3):
+            loss = 0.5 * (math.log10(s) - true_x) ** 2 + true_loss + rng.normal(0, 0.002)
+            runs.append(Run(Path("."), "peer", 1e19, float(s), loss, seed, {}))
+    o = fit_optimum("peer", 1e19, runs)
+    assert o.interior and math.log10(o.size) == pytest.approx(true_x, abs=0.02)
+    assert o.loss == pytest.approx(true_loss, abs=0.005)
+    assert 0 < o.loss_std < 0.01 and 0 < o.size_std_log10 < 0.05
+    edge = fit_optimum("peer", 1e19, [r for r in runs if r.params < 10**7.0])  # optimum beyond the grid
+    assert not edge.interior and edge.size == max(r.params for r in runs if r.params < 10**7.0)
+
+
+@pytest.mark.parametrize("launcher,target,key,value", [
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "timeout_min", 2880),
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs", -1),
+])
+def test_launcher_configs_compose(launcher, target, key, value):
+    from hydra import compose, initialize_config_dir
+
+    from peerlab.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    assert cfg.hydra.launcher[key] == value
+
+
+def test_ddp_two_cpu_processes_count_the_same_flops(tmp_path, cache_dir):
+    common = [*TINY, "budget=1.3e10", f"out_dir={tmp_path}", "logger=csv"]
+    single = run_train(*common, "data.batch_size=8", "run_name=single", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_train(*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4",
+                    "run_name=ddp", cwd=tmp_path, timeout=900)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = json.loads((tmp_path / "single" / "results.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert b["world_size"] == 2 and a["tokens_per_step"] == b["tokens_per_step"] == 8 * 32
+    assert (a["steps"], a["tokens"], a["flops"]) == (b["steps"], b["tokens"], b["flops"])
+    import csv
+
+    def last_flops(run):
+        with open(tmp_path / run / "csv" / "metrics.csv") as fh:
+            return max(float(r["flops"]) for r in csv.DictReader(fh) if r.get("flops"))
+
+    assert last_flops("single") == last_flops("ddp") == pytest.approx(a["flops"])
+    assert abs(a["final_val_loss"] - b["final_val_loss"]) < 0.05  # same data and batch, different reduction order
