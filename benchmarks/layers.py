@@ -33,6 +33,7 @@ D_MODEL, BATCH, SEQ = 256, 8, 128
 CASES = {
     "ffw": lambda: FeedForward(D_MODEL, hidden_mult=4.0),
     **{f"peer-{n}^2": (lambda n=n: PEER(D_MODEL, n_experts=n * n, heads=8, k=16, d_key=128)) for n in (128, 256, 512, 1024)},
+    **{f"peer-chunked-{n}^2": (lambda n=n: PEER(D_MODEL, n_experts=n * n, heads=8, k=16, d_key=128, impl="chunked")) for n in (128, 512)},
     **{f"pkm-{n}^2": (lambda n=n: PKM(D_MODEL, n_memories=n * n, heads=8, k=32, d_key=128)) for n in (128, 512)},
     **{f"moe-ec-E{e}": (lambda e=e: MoE(D_MODEL, n_experts=e, routing="expert_choice")) for e in (16, 128)},
     **{f"moe-tc1-E{e}": (lambda e=e: MoE(D_MODEL, n_experts=e, routing="token_choice", top_k=1)) for e in (16, 128)},

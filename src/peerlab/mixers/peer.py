@@ -19,9 +19,10 @@ from torch import nn
 
 from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import Mixer, MixerConfigError
-from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
+from peerlab.mixers.peer_experts import experts_chunked, experts_torch
+from peerlab.mixers.product_keys import ProductKeyRouter
 
-IMPLS = ("torch",)
+IMPLS = ("torch", "chunked")
 
 
 class PEER(Mixer):
@@ -38,12 +39,16 @@ class PEER(Mixer):
         activation: str = "gelu",
         dense_hidden_mult: float = 4.0,
         impl: str = "torch",
+        chunk_tokens: int = 256,
         stable_ties: bool = False,
         n_layer: int = 1,
     ) -> None:
         super().__init__()
         if impl not in IMPLS:
             raise MixerConfigError(f"layer.impl={impl!r}: allowed: {', '.join(IMPLS)}")
+        if chunk_tokens < 1:
+            raise MixerConfigError(f"layer.chunk_tokens={chunk_tokens}: must be >= 1")
+        self.impl, self.chunk_tokens = impl, chunk_tokens
         self.router = ProductKeyRouter(d_model, n_experts, heads, k, d_key, query_norm, shared_keys, score,
                                        stable_ties, size_key="layer.n_experts")
         self.d_model, self.n_experts, self.heads, self.k = d_model, n_experts, heads, k
@@ -61,11 +66,11 @@ class PEER(Mixer):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (tokens, d_model)
         weights, indices = self.router(x)  # (tokens, heads, k) each
-        indices = indices.flatten(1)  # (tokens, heads*k)
-        u = self.down(indices)  # (tokens, heads*k, d_model): the only materialised expert rows
-        # u_i . x as one batched mat-vec; einsum would transpose-copy the (tokens, heads*k, d_model) rows.
-        hidden = self.act(torch.bmm(u, x.unsqueeze(-1)).squeeze(-1))  # (tokens, heads*k)
-        y = weighted_bag(indices, hidden * weights.flatten(1), self.up.weight)
+        indices, weights = indices.flatten(1), weights.flatten(1)  # (tokens, heads*k)
+        if self.impl == "chunked":
+            y = experts_chunked(x, indices, weights, self.down.weight, self.up.weight, self.act, self.chunk_tokens)
+        else:
+            y = experts_torch(x, indices, weights, self.down.weight, self.up.weight, self.act)
         return y.view(shape)
 
     # ------------------------------------------------------------------ Mixer contract
