@@ -31,7 +31,7 @@ test-slow: $(STAMP)  ## run only the slow end-to-end checks
 lint: $(STAMP)  ## ruff lint
 	$(PY) -m ruff check src tests train.py
 
-bench: $(STAMP)  ## layer fwd+bwd time and peak memory -> benchmarks/RESULTS.md and results.json (~5 min)
+bench: $(STAMP)  ## layer fwd+bwd time and peak memory -> benchmarks/RESULTS.md and results.json (~3 min)
 	$(PY) -m benchmarks.layers
 
 clean:  ## remove the virtualenv and local run outputs (not the token cache in ~/.cache/peerlab)

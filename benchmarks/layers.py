@@ -1,12 +1,12 @@
 """Layer benchmark: forward+backward time and peak memory of each mixer at one shape, side by side.
 
-Times are measured in one process with the cases interleaved (round-robin, after a warm-up), and reported as
-medians, so machine noise hits every case alike. Peak memory is measured in a fresh subprocess per case: the
-resident-set high-water mark during one forward+backward, minus the resident set just before it (parameters and
-inputs already allocated), i.e. activations, gradients and temporaries.
+Every case runs in a fresh process (a case that frees gigabytes would otherwise slow whichever case follows it),
+in rounds that interleave the cases so machine noise hits every case alike: one untimed forward+backward, whose
+peak memory is recorded (resident-set high-water mark above the resident set just before it: activations,
+gradients and temporaries), then timed steps; the table gives medians.
 
     python -m benchmarks.layers                      # all cases, writes benchmarks/RESULTS.md and results.json
-    python -m benchmarks.layers --only peer-128^2 ffw --reps 5
+    python -m benchmarks.layers --only peer-128^2 ffw --rounds 2
 """
 
 from __future__ import annotations
@@ -66,66 +66,73 @@ def reset_peak() -> None:
         fh.write("5")
 
 
-def measure_memory(name: str) -> float:
-    """MiB of peak resident memory above the pre-step baseline for one forward+backward (run in a subprocess)."""
+def measure_case(name: str, steps: int) -> dict:
+    """One case in this (fresh) process: peak memory of the first forward+backward above the resident set just
+    before it, then the times of ``steps`` more steps."""
     torch.manual_seed(0)
     layer = CASES[name]().train()
     x, probe = inputs()
     reset_peak()
     base = _status_kib("VmRSS")
     step(layer, x, probe)
-    return max(0, _status_kib("VmHWM") - base) / 1024
+    peak_mib = max(0, _status_kib("VmHWM") - base) / 1024
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(layer, x, probe)
+        times.append(time.perf_counter() - t0)
+    return {"peak_mib": peak_mib, "times": times}
 
 
-def measure_times(names: list[str], reps: int) -> dict[str, list[float]]:
-    torch.manual_seed(0)
-    layers = {n: CASES[n]().train() for n in names}
-    x, probe = inputs()
-    for n in names:  # warm-up: allocator, lazy init, first-touch page faults
-        step(layers[n], x, probe)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(reps):
-        for n in names:
-            t0 = time.perf_counter()
-            step(layers[n], x, probe)
-            times[n].append(time.perf_counter() - t0)
-    return times
+def run_case(name: str, steps: int) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.layers", "--case", name, "--steps", str(steps)],
+                          capture_output=True, text=True, check=True, cwd=HERE.parent)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=sorted(CASES), help="cases to run (default: all)")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of one fresh process per case, interleaved")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per process, after the first (untimed) one")
     ap.add_argument("--out", type=Path, default=HERE)
-    ap.add_argument("--memory-of", choices=sorted(CASES), help=argparse.SUPPRESS)
+    ap.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.memory_of:
-        print(json.dumps({"peak_mib": measure_memory(args.memory_of)}))
+    if args.case:
+        print(json.dumps(measure_case(args.case, args.steps)))
         return
     names = args.only or list(CASES)
-    print(f"timing {len(names)} cases x {args.reps} interleaved reps (d_model={D_MODEL}, tokens={BATCH}x{SEQ})", flush=True)
-    times = measure_times(names, args.reps)
+    print(f"{len(names)} cases x {args.rounds} rounds x {args.steps} timed steps (d_model={D_MODEL}, tokens={BATCH}x{SEQ})", flush=True)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            result = run_case(n, args.steps)
+            times[n] += result["times"]
+            peaks[n].append(result["peak_mib"])
     rows = []
     for n in names:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.layers", "--memory-of", n], capture_output=True,
-                              text=True, check=True, cwd=HERE.parent)
-        peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
-        layer = CASES[n]()
+        layer_cls = CASES[n]
+        with torch.device("meta"):
+            layer = layer_cls()
         rows.append({"case": n, "median_ms": 1e3 * statistics.median(times[n]), "min_ms": 1e3 * min(times[n]),
-                     "peak_mib": peak, "params": sum(p.numel() for p in layer.parameters()),
+                     "peak_mib": statistics.median(peaks[n]), "params": sum(p.numel() for p in layer.parameters()),
                      "fwd_mflops_per_token": layer.flops_per_token() / 1e6})
-        print(f"  {n:14s} {rows[-1]['median_ms']:8.1f} ms  {peak:8.0f} MiB", flush=True)
+        print(f"  {n:20s} {rows[-1]['median_ms']:8.1f} ms  {rows[-1]['peak_mib']:8.0f} MiB", flush=True)
     ffw = next((r for r in rows if r["case"] == "ffw"), None)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "d_model": D_MODEL, "tokens": BATCH * SEQ, "reps": args.reps, "date": time.strftime("%Y-%m-%d")}
+            "d_model": D_MODEL, "tokens": BATCH * SEQ, "rounds": args.rounds, "steps": args.steps,
+            "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "layers": rows}, indent=2))
     lines = [
         "# Layer benchmark",
         "",
         f"Forward+backward of one layer on {BATCH}x{SEQ} tokens, d_model={D_MODEL}, fp32, {meta['threads']} threads, "
-        f"torch {meta['torch']}; median of {args.reps} interleaved reps. Peak memory: resident-set high-water mark "
-        "above the pre-step baseline, one fresh process per case. Made by `make bench` "
+        f"torch {meta['torch']}. Each case runs in its own fresh process ({args.rounds} rounds, cases interleaved): one "
+        f"untimed step, then {args.steps} timed steps; the table gives the median over all timed steps. Peak memory: "
+        "resident-set high-water mark of the first step above the resident set just before it (parameters and "
+        "inputs already allocated). Made by `make bench` "
         f"(`python -m benchmarks.layers`) on {meta['date']}.",
         "",
         "PEER: h=8, k=16, d_key=128. PKM: h=8, k=32, d_key=128. MoE: experts of the dense FFW's width (1024), "
