@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST  ?= -q
 
-.PHONY: help install train test test-slow lint bench clean
+.PHONY: help install train test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,9 +24,6 @@ train: $(STAMP)  ## run the default job (dense d2 model, 1e13 FLOPs, embedded co
 
 test: $(STAMP)  ## run the test suite (slow end-to-end checks excluded)
 	$(PY) -m pytest $(PYTEST) -m "not slow"
-
-test-slow: $(STAMP)  ## run only the slow end-to-end checks
-	$(PY) -m pytest $(PYTEST) -m slow
 
 lint: $(STAMP)  ## ruff lint
 	$(PY) -m ruff check src tests train.py
