@@ -138,3 +138,10 @@ def test_ddp_two_cpu_processes_count_the_same_flops(tmp_path, cache_dir):
 
     assert last_flops("single") == last_flops("ddp") == pytest.approx(a["flops"])
     assert abs(a["final_val_loss"] - b["final_val_loss"]) < 0.05  # same data and batch, different reduction order
+
+
+@pytest.mark.parametrize("sweep_file", sorted(p.stem for p in (CONFIGS.parent / "experiments").glob("*.yaml")))
+def test_committed_sweep_files_compose(sweep_file, tmp_path):
+    proc = run_train("-cd", str(CONFIGS.parent / "experiments"), "-cn", sweep_file, "--cfg", "all", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sweeper:" in proc.stdout and "params:" in proc.stdout
