@@ -152,15 +152,15 @@ def run(cfg: DictConfig) -> dict:
         model=as_dict(cfg.model), layer=as_dict(cfg.layer), optim=as_dict(cfg.optim), vocab_size=dm.vocab_size,
         seq_len=data.seq_len, tokens_per_step=tokens_per_step, budget=float(cfg.budget),
     )
-    probe = LanguageModel(**module_args, max_steps=1)
-    plan = plan_budget(float(cfg.budget), probe.flops.train, tokens_per_step, cfg.min_steps)
-    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):  # FLOPs need shapes only, not a second copy of (possibly huge) expert tables
+        flops = LanguageModel(**module_args, max_steps=1).flops
+    plan = plan_budget(float(cfg.budget), flops.train, tokens_per_step, cfg.min_steps)
+    torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what data preparation drew
     module = LanguageModel(**module_args, max_steps=plan.max_steps)
-    del probe
-    module.tokenizer_json = dm.tokenizer.to_str()
-    module.run_config = as_dict(cfg)
-
     config = as_dict(cfg)
+    module.tokenizer_json = dm.tokenizer.to_str()
+    module.run_config = config
+
     ckpt_dir = run_dir / "checkpoints"
     resume_from = ckpt_dir / LAST
     ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
