@@ -46,29 +46,25 @@ def reference_retrieval(router, x):
     return torch.stack(weights, 1), torch.stack(indices, 1)  # (T, h, k)
 
 
-def reference_peer(layer: PEER, x):
+def explicit_sum(layer, x, row):
+    """Brute-force retrieval, then ``sum_h sum_j g_thj * row(t, i_thj)`` written out token by token."""
     weights, indices = reference_retrieval(layer.router, x)
     out = []
     for t in range(x.shape[0]):
         acc = torch.zeros_like(x[t])
         for h in range(layer.heads):
             for j in range(layer.k):
-                i = indices[t, h, j]
-                acc = acc + weights[t, h, j] * layer.act(layer.down.weight[i] @ x[t]) * layer.up.weight[i]
+                acc = acc + weights[t, h, j] * row(t, indices[t, h, j])
         out.append(acc)
     return torch.stack(out), indices
+
+
+def reference_peer(layer: PEER, x):
+    return explicit_sum(layer, x, lambda t, i: layer.act(layer.down.weight[i] @ x[t]) * layer.up.weight[i])
 
 
 def reference_pkm(layer: PKM, x):
-    weights, indices = reference_retrieval(layer.router, x)
-    out = []
-    for t in range(x.shape[0]):
-        acc = torch.zeros_like(x[t])
-        for h in range(layer.heads):
-            for j in range(layer.k):
-                acc = acc + weights[t, h, j] * layer.values[indices[t, h, j]]
-        out.append(acc)
-    return torch.stack(out), indices
+    return explicit_sum(layer, x, lambda t, i: layer.values[i])
 
 
 @pytest.mark.parametrize("kwargs", [
