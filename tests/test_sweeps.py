@@ -101,6 +101,7 @@ def test_parabola_fit_recovers_a_known_optimum():
     edge = fit_optimum("peer", 1e19, below)
     assert edge.coef is not None and not edge.interior  # vertex outside the grid: reported as best observed
     assert edge.size == pytest.approx(max(r.params for r in below))
+    assert edge.loss_std is None and edge.size_std_log10 is None
 
 
 @pytest.mark.parametrize("launcher,target,key,value", [

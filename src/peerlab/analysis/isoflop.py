@@ -58,7 +58,7 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
     coef = _fit(x, y)
     xv, lv, interior = _vertex(coef, x, y)
     size_std = loss_std = None
-    if coef is not None:
+    if coef is not None and interior:  # an unbracketed "optimum" is a grid edge: no uncertainty to speak of
         # Resample runs (seeds included) with replacement; keep resamples that still span three sizes.
         rng = np.random.default_rng(seed)
         pts_x = np.log10(np.array([r.params for r in runs]))
