@@ -26,21 +26,25 @@ def mixer_factory(layer_cfg: Any):
     return instantiate(kwargs, _partial_=True, _convert_="all")
 
 
+def dense_mixer_factory(model_cfg: Any):
+    """The backbone's dense FFW, as the ``model`` config sets it."""
+    model_cfg = _plain(model_cfg)
+    return functools.partial(FeedForward, hidden_mult=model_cfg["ffw_mult"], activation=model_cfg["activation"])
+
+
 def build_model(model_cfg: Any, layer_cfg: Any, vocab_size: int, seq_len: int) -> Transformer:
     model_cfg = _plain(model_cfg)
     d_model, n_layer, n_head = model_dims(model_cfg)
     shape = ModelShape(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, n_head=n_head, seq_len=seq_len)
-    dense = functools.partial(FeedForward, hidden_mult=model_cfg["ffw_mult"], activation=model_cfg["activation"])
-    return Transformer(shape, dense, mixer_factory(layer_cfg), model_cfg["sparse_blocks"])
+    return Transformer(shape, dense_mixer_factory(model_cfg), mixer_factory(layer_cfg), model_cfg["sparse_blocks"])
 
 
 def dense_backbone_params(model: Transformer, model_cfg: Any) -> int:
     """Parameters of the same transformer with dense FFWs in every block: the isoFLOP plots' model size."""
     import torch
 
-    model_cfg = _plain(model_cfg)
     with torch.device("meta"):
-        ffw = FeedForward(model.shape.d_model, hidden_mult=model_cfg["ffw_mult"], activation=model_cfg["activation"])
+        ffw = dense_mixer_factory(model_cfg)(d_model=model.shape.d_model, n_layer=model.shape.n_layer)
     swapped = sum(p.numel() for i in model.sparse_blocks for p in model.blocks[i].mixer.parameters())
     return model.num_params() - swapped + len(model.sparse_blocks) * sum(p.numel() for p in ffw.parameters())
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from peerlab.config import sci
-from peerlab.data.corpora import EmbeddedCorpus, encode_texts
+from peerlab.builders import build_corpus
+from peerlab.config import ConfigError, sci
+from peerlab.data.corpora import encode_texts
 from peerlab.eval_sets import documents
 from peerlab.lit_module import LanguageModel
 
@@ -27,13 +28,9 @@ from peerlab.lit_module import LanguageModel
 def load_checkpoint(path: str | Path) -> tuple[LanguageModel, Tokenizer]:
     path = Path(path).expanduser()
     if not path.is_file():
-        from peerlab.config import ConfigError
-
         raise ConfigError(f"ckpt={str(path)!r}: no such checkpoint file")
     module = LanguageModel.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     if not module.tokenizer_json:
-        from peerlab.config import ConfigError
-
         raise ConfigError(f"ckpt={str(path)!r}: the checkpoint carries no tokenizer (not written by peerlab?)")
     return module.eval(), Tokenizer.from_str(module.tokenizer_json)
 
@@ -71,12 +68,16 @@ def perplexity(module: LanguageModel, tokens: np.ndarray, batch_size: int = 8, m
     return {"ppl": math.exp(nll / count), "loss": nll / count, "tokens": count}
 
 
+# The embedded corpus as configs/data/embedded.yaml defines it, for checkpoints trained on another corpus.
+EMBEDDED_DATA = {"kind": "embedded", "name": "embedded", "sources": ["wikipedia", "lee"], "files": [], "val_fraction": 0.05}
+
+
 def set_documents(name: str, spec: dict, module: LanguageModel, cache_dir: str | None, max_documents: int | None):
     if name == "embedded":
-        data = (module.run_config or {}).get("data") or {"name": "embedded", "sources": ["wikipedia", "lee"], "files": [], "val_fraction": 0.05}
+        data = (module.run_config or {}).get("data") or EMBEDDED_DATA
         if data.get("kind", "embedded") != "embedded":
-            data = {"name": "embedded", "sources": ["wikipedia", "lee"], "files": [], "val_fraction": 0.05}
-        return EmbeddedCorpus(data["name"], data.get("sources") or [], data.get("files") or [], data["val_fraction"]).texts("val")
+            data = EMBEDDED_DATA
+        return build_corpus(data).texts("val")
     return documents(name, spec, cache_dir, max_documents)
 
 
