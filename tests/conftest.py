@@ -15,6 +15,8 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Triton kernels run on the CPU through Triton's interpreter; it must be set before any kernel module is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Sizes that keep an end-to-end run to seconds on 2 CPU cores.
 TINY = [

@@ -11,6 +11,7 @@ import torch
 
 from peerlab.builders import build_model
 from peerlab.flops import flops_breakdown
+from peerlab.optim import LazyAdamW, clip_grad_norm
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine"):
@@ -145,11 +146,17 @@ class LanguageModel(L.LightningModule):
             schedules.append(o.get("schedule", "cosine"))
         kept = [(g, s) for g, s in zip(groups, schedules, strict=True) if g["params"]]
         groups, schedules = [g for g, _ in kept], [s for _, s in kept]
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"])
+        # AdamW; expert tables with sparse (row-wise) gradients update only the rows a batch retrieved.
+        optimizer = LazyAdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"])
         warmup = max(1, round(cfg["warmup_fraction"] * self.max_steps)) if cfg["warmup_fraction"] > 0 else 0
         lambdas = [lr_lambda(warmup, self.max_steps, cfg["min_lr_ratio"], s) for s in schedules]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # torch's clip_grad_norm_ rejects sparse gradients (PEER's expert tables); ours coalesces and includes them.
+        if gradient_clip_val:
+            clip_grad_norm(self.parameters(), gradient_clip_val)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -25,9 +25,10 @@ def table(vocab: int, seq_len: int, layer: str, config_dir: Path = CONFIGS) -> s
         layer_cfg = OmegaConf.merge(base, {k: v for k, v in layer_cfg.items() if k != "defaults"})
     rows = ["| preset | depth | d_model | heads | params | non-embedding | active | train GFLOP/token |",
             "|---|---|---|---|---|---|---|---|"]
-    presets = sorted((config_dir / "model").glob("*.yaml"), key=lambda p: (OmegaConf.load(p).depth, p.stem != "tiny"))
-    for path in presets:
-        m = OmegaConf.load(path)
+    def size(m):  # presets with the same depth differ in width (micro < tiny < d2)
+        return m.depth, m.d_model or m.depth * m.aspect_ratio
+
+    for m in sorted((OmegaConf.load(p) for p in (config_dir / "model").glob("*.yaml")), key=size):
         with torch.device("meta"):
             model = build_model(m, layer_cfg, vocab_size=vocab, seq_len=seq_len)
         s = model.shape

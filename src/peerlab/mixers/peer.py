@@ -22,7 +22,15 @@ from peerlab.mixers.base import Mixer, MixerConfigError
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
 
-IMPLS = ("torch", "chunked")
+IMPLS = ("auto", "torch", "chunked", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class PEER(Mixer):
@@ -38,8 +46,9 @@ class PEER(Mixer):
         score: str = "softmax",
         activation: str = "gelu",
         dense_hidden_mult: float = 4.0,
-        impl: str = "torch",
-        chunk_tokens: int = 256,
+        impl: str = "auto",
+        chunk_tokens: int = 64,
+        sparse_grads: bool = True,
         stable_ties: bool = False,
         n_layer: int = 1,
     ) -> None:
@@ -48,7 +57,13 @@ class PEER(Mixer):
             raise MixerConfigError(f"layer.impl={impl!r}: allowed: {', '.join(IMPLS)}")
         if chunk_tokens < 1:
             raise MixerConfigError(f"layer.chunk_tokens={chunk_tokens}: must be >= 1")
-        self.impl, self.chunk_tokens = impl, chunk_tokens
+        if impl == "triton" and not triton_available():
+            raise MixerConfigError("layer.impl='triton': Triton is not installed (pip install '.[gpu]'); "
+                                   "use layer.impl=chunked or auto")
+        if impl == "triton" and activation not in ("gelu", "relu", "silu"):
+            raise MixerConfigError(f"layer.activation={activation!r}: impl=triton supports gelu, relu, silu")
+        self.impl, self.chunk_tokens, self.sparse_grads = impl, chunk_tokens, sparse_grads
+        self.activation = activation
         self.router = ProductKeyRouter(d_model, n_experts, heads, k, d_key, query_norm, shared_keys, score,
                                        stable_ties, size_key="layer.n_experts")
         self.d_model, self.n_experts, self.heads, self.k = d_model, n_experts, heads, k
@@ -67,11 +82,23 @@ class PEER(Mixer):
         x = x.reshape(-1, shape[-1])  # (tokens, d_model)
         weights, indices = self.router(x)  # (tokens, heads, k) each
         indices, weights = indices.flatten(1), weights.flatten(1)  # (tokens, heads*k)
-        if self.impl == "chunked":
-            y = experts_chunked(x, indices, weights, self.down.weight, self.up.weight, self.act, self.chunk_tokens)
+        tables = (self.down.weight, self.up.weight)
+        impl = self.resolved_impl(x)
+        if impl == "triton":
+            from peerlab.mixers.peer_triton import experts_triton  # imports Triton only when used
+
+            y = experts_triton(x, indices, weights, *tables, self.activation, self.sparse_grads)
+        elif impl == "chunked":
+            y = experts_chunked(x, indices, weights, *tables, self.act, self.chunk_tokens, self.sparse_grads)
         else:
-            y = experts_torch(x, indices, weights, self.down.weight, self.up.weight, self.act)
+            y = experts_torch(x, indices, weights, *tables, self.act, self.sparse_grads)
         return y.view(shape)
+
+    def resolved_impl(self, x: torch.Tensor) -> str:
+        """``auto``: the fused Triton kernels on CUDA tensors when Triton is installed, else ``chunked``."""
+        if self.impl != "auto":
+            return self.impl
+        return "triton" if x.is_cuda and self.activation in ("gelu", "relu", "silu") and triton_available() else "chunked"
 
     # ------------------------------------------------------------------ Mixer contract
     def flops_per_token(self) -> int:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerlab.mixers.base import MixerConfigError
+from peerlab.mixers.row_groups import RowGroups
 from peerlab.mixers.usage import usage_metrics
 
 
@@ -51,6 +52,31 @@ def product_topk(
         candidates = candidates.gather(-1, order)
     values, pos = _topk(candidates, k, stable)
     return values, flat.gather(-1, pos)
+
+
+class _ChosenScores(torch.autograd.Function):
+    """Scores of the chosen keys, ``q1 . T1[rows1] + q2 . T2[rows2]``, whose forward values are passed in (they
+    were computed for the selection) and whose backward never gathers sub-key rows: the query gradients are
+    weighted bags of sub-key rows, the sub-key gradients weighted bags of queries, grouped by row."""
+
+    @staticmethod
+    def forward(ctx, q1, q2, tables, rows1, rows2, values):
+        ctx.save_for_backward(q1, q2, tables, rows1, rows2)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        q1, q2, tables, rows1, rows2 = ctx.saved_tensors
+        k, half = rows1.shape[-1], q1.shape[-1]
+        grad = grad.reshape(-1, k)  # one bag of k chosen keys per (token, head)
+        grad_q, grad_tables = [], torch.zeros_like(tables) if ctx.needs_input_grad[2] else None
+        for i, (q, rows) in enumerate(((q1, rows1), (q2, rows2))):
+            rows = rows.reshape(-1, k)
+            grad_q.append(F.embedding_bag(rows, tables[i], per_sample_weights=grad, mode="sum").view_as(q))
+            if grad_tables is not None:
+                groups = RowGroups(rows)
+                grad_tables[i].index_copy_(0, groups.rows, groups.row_sums(grad, q.reshape(-1, half)))
+        return grad_q[0], grad_q[1], grad_tables, None, None, None
 
 
 QUERY_NORMS = ("batch", "layer", "none")
@@ -126,15 +152,33 @@ class ProductKeyRouter(nn.Module):
         """Router weights and flat key indices, both ``(tokens, heads, k)``, for ``x`` of shape ``(tokens, d_model)``."""
         q = self.queries(x)
         q1, q2 = q.chunk(2, dim=-1)  # (tokens, heads, d_key/2) each
-        keys = self.keys.expand(self.heads, -1, -1, -1) if self.keys.shape[0] == 1 else self.keys
-        s1 = torch.einsum("thd,hnd->thn", q1, keys[:, 0])  # (tokens, heads, n)
-        s2 = torch.einsum("thd,hnd->thn", q2, keys[:, 1])
-        scores, indices = product_topk(s1, s2, self.k, stable=self.stable_ties)
+        # Selection needs every sub-key score but no gradient: top-k passes gradient only to the chosen entries.
+        # Scoring all n sub-keys under no_grad keeps autograd from storing (tokens, heads, n) scores and from a
+        # backward through them (two more full-size matmuls on gradients that are zero but for k entries per row).
+        with torch.no_grad():
+            keys = self.keys.expand(self.heads, -1, -1, -1) if self.keys.shape[0] == 1 else self.keys
+            s1 = torch.einsum("thd,hnd->thn", q1, keys[:, 0])  # (tokens, heads, n)
+            s2 = torch.einsum("thd,hnd->thn", q2, keys[:, 1])
+            _, indices = product_topk(s1, s2, self.k, stable=self.stable_ties)
+        scores = self.chosen_scores(q1, q2, s1, s2, indices)  # the same values, now differentiable
         weights = scores.softmax(dim=-1) if self.score_fn == "softmax" else scores.sigmoid()
         if not self.training and self.usage.numel():
             with torch.no_grad():
                 self.usage.index_add_(0, indices.flatten(), weights.detach().flatten().to(torch.float64))
         return weights, indices
+
+    def chosen_scores(self, q1: torch.Tensor, q2: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
+                      indices: torch.Tensor) -> torch.Tensor:
+        """``q1 . c_a + q2 . c'_b`` for the chosen flat indices ``a * n + b``: the values already in the sub-key
+        scores ``s1``/``s2``, with gradients for the queries and sub-keys (``(tokens, heads, k)``)."""
+        key_sets, _, n, half = self.keys.shape
+        rows1, rows2 = indices // n, indices % n
+        values = s1.gather(-1, rows1) + s2.gather(-1, rows2)
+        if key_sets > 1:  # per-head keys: row of each chosen sub-key in the (heads * n, half) table of its half
+            head_offset = (torch.arange(self.heads, device=indices.device) * n).view(1, -1, 1)
+            rows1, rows2 = rows1 + head_offset, rows2 + head_offset
+        tables = self.keys.reshape(key_sets, 2, n, half).transpose(0, 1).reshape(2, key_sets * n, half)
+        return _ChosenScores.apply(q1, q2, tables, rows1, rows2, values)
 
     # ------------------------------------------------------------------ accounting
     def flops_per_token(self) -> int:

@@ -1,0 +1,77 @@
+"""AdamW that updates only the rows present in a sparse gradient.
+
+Dense gradients get torch's own AdamW (decoupled weight decay, foreach kernels). A sparse COO gradient (PEER's
+expert tables with ``layer.sparse_grads``) updates just its rows: their two moments, their weight decay and their
+parameter step, so the cost follows the rows a batch used, not the table's N rows. Rows not retrieved in a step
+keep their moments and weights unchanged ("lazy" Adam, as ``torch.optim.SparseAdam`` and TF's LazyAdam); bias
+correction uses the optimizer step, shared by all rows. Dense AdamW would instead keep moving unused rows along
+their stale momentum; with every row in the gradient both give the same update.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.adam import adam
+
+
+class LazyAdamW(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"LazyAdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            dense = {"params": [], "grads": [], "exp_avgs": [], "exp_avg_sqs": [], "steps": []}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                if p.grad.is_sparse:
+                    state["step"] += 1
+                    self._lazy_update(p, p.grad, state, group)
+                    continue
+                for key, value in (("params", p), ("grads", p.grad), ("exp_avgs", state["exp_avg"]),
+                                   ("exp_avg_sqs", state["exp_avg_sq"]), ("steps", state["step"])):
+                    dense[key].append(value)
+            if dense["params"]:
+                adam(dense["params"], dense["grads"], dense["exp_avgs"], dense["exp_avg_sqs"], [], dense["steps"],
+                     decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                     weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+        return loss
+
+    @staticmethod
+    def _lazy_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+        grad = grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        if rows.numel() == 0:
+            return
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        step = state["step"].item()
+        m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, m)
+        state["exp_avg_sq"].index_copy_(0, rows, v)
+        bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+        denom = (v / bias2).sqrt_().add_(eps)
+        w = p.index_select(0, rows)
+        if wd:
+            w.mul_(1 - lr * wd)
+        w.addcdiv_(m, denom, value=-lr / bias1)
+        p.index_copy_(0, rows, w)
