@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install peerlab with its dev tools
 
-train: $(STAMP)  ## run the default job (dense d2 model, 1e13 FLOPs, embedded corpus); extra overrides: ARGS="layer=peer"
+train: $(STAMP)  ## run the default job (dense d2 model, 3e13 FLOPs, embedded corpus); extra overrides: ARGS="layer=peer"
 	$(PY) train.py $(ARGS)
 
 test: $(STAMP)  ## run the test suite (slow end-to-end checks excluded)
@@ -28,8 +28,9 @@ test: $(STAMP)  ## run the test suite (slow end-to-end checks excluded)
 lint: $(STAMP)  ## ruff lint
 	$(PY) -m ruff check src tests train.py
 
-bench: $(STAMP)  ## layer fwd+bwd time and peak memory -> benchmarks/RESULTS.md and results.json (~3 min)
-	$(PY) -m benchmarks.layers
+bench: $(STAMP)  ## layers, PyPI PEER-pytorch/PKM and training steps side by side -> benchmarks/RESULTS.md (~10 min)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.run
 
 clean:  ## remove the virtualenv and local run outputs (not the token cache in ~/.cache/peerlab)
 	rm -rf $(VENV) runs outputs multirun .pytest_cache

@@ -23,13 +23,17 @@ ARGS = [*TINY, "budget=6.4e10", "trainer.ckpt_every_steps=20", "trainer.val_ever
         "run_name=r"]
 
 
-def launch(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"out_dir={out}"], cwd=out,
+# PEER with sparse expert-table gradients and LazyAdamW: its lazily updated moments must survive the checkpoint.
+PEER_ARGS = ["layer=peer_small", "layer.n_experts=1024", "layer.d_key=16", "layer.sparse_grads=true"]
+
+
+def launch(out: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, *extra, f"out_dir={out}"], cwd=out,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(out: Path) -> dict:
-    proc = launch(out)
+def finish(out: Path, extra: tuple[str, ...] = ()) -> dict:
+    proc = launch(out, extra)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return json.loads((out / "r" / "results.json").read_text())
@@ -50,11 +54,9 @@ def uninterrupted(tmp_path_factory, cache_dir):
     return out / "r", finish(out)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_killed_run_resumes_to_the_same_weights_and_curve(uninterrupted, tmp_path, sig):
-    whole_dir, whole = uninterrupted
-    proc = launch(tmp_path)
-    ckpt = tmp_path / "r" / "checkpoints" / "last.ckpt"
+def kill_after_first_checkpoint(out: Path, sig: int, extra: tuple[str, ...] = ()) -> tuple[str, int]:
+    proc = launch(out, extra)
+    ckpt = out / "r" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -63,7 +65,28 @@ def test_killed_run_resumes_to_the_same_weights_and_curve(uninterrupted, tmp_pat
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    killed_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    return err, torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_peer_with_sparse_gradients_resumes_to_the_same_weights(tmp_path):
+    whole_dir, resumed_dir = tmp_path / "whole", tmp_path / "killed"
+    whole_dir.mkdir()
+    resumed_dir.mkdir()
+    whole = finish(whole_dir, tuple(PEER_ARGS))
+    _, killed_step = kill_after_first_checkpoint(resumed_dir, signal.SIGTERM, tuple(PEER_ARGS))
+    assert 0 < killed_step < whole["steps"]
+    resumed = finish(resumed_dir, tuple(PEER_ARGS))
+    assert resumed["resumed_from_step"] == killed_step and resumed["steps"] == whole["steps"]
+    a, b = weights(whole_dir / "r"), weights(resumed_dir / "r")
+    assert "model.blocks.0.mixer.up.weight" in a
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_to_the_same_weights_and_curve(uninterrupted, tmp_path, sig):
+    whole_dir, whole = uninterrupted
+    err, killed_step = kill_after_first_checkpoint(tmp_path, sig)
     assert 0 < killed_step < whole["steps"]
     if sig == signal.SIGTERM:
         assert "interrupted by SIGTERM" in err

@@ -120,8 +120,15 @@ def test_launcher_configs_compose(launcher, target, key, value):
     assert cfg.hydra.launcher[key] == value
 
 
-def test_ddp_two_cpu_processes_count_the_same_flops(tmp_path, cache_dir):
-    common = [*TINY, "budget=1.3e10", f"out_dir={tmp_path}", "logger=csv"]
+# PEER with sparse (row-wise) expert-table gradients, which DDP all-reduces apart from its dense buckets; LayerNorm
+# queries, because BatchNorm statistics over 4 tokens per rank differ from those over 8 in one process.
+PEER_DDP = ["layer=peer_small", "layer.n_experts=256", "layer.d_key=16", "layer.query_norm=layer",
+            "layer.sparse_grads=true"]
+
+
+@pytest.mark.parametrize("layer", [[], PEER_DDP], ids=["ffw", "peer-sparse-grads"])
+def test_ddp_two_cpu_processes_count_the_same_flops(tmp_path, cache_dir, layer):
+    common = [*TINY, *layer, "budget=1.3e10", f"out_dir={tmp_path}", "logger=csv"]
     single = run_train(*common, "data.batch_size=8", "run_name=single", cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_train(*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4",

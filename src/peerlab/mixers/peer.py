@@ -68,8 +68,10 @@ class PEER(Mixer):
                                        stable_ties, size_key="layer.n_experts")
         self.d_model, self.n_experts, self.heads, self.k = d_model, n_experts, heads, k
         self.act = activation_fn(activation)
-        self.down = nn.Embedding(n_experts, d_model)  # u_i
-        self.up = nn.Embedding(n_experts, d_model)  # v_i
+        # ``sparse`` marks the tables' gradients as sparse for DistributedDataParallel, which all-reduces them apart
+        # from its dense buckets; the expert functions produce them.
+        self.down = nn.Embedding(n_experts, d_model, sparse=sparse_grads)  # u_i
+        self.up = nn.Embedding(n_experts, d_model, sparse=sparse_grads)  # v_i
         # Match a dense FFW of width dense_hidden_mult * d_model at init: u like its first layer's rows; v scaled
         # so that h heads of k softmax-weighted neurons carry the variance of that FFW's hidden units
         # (out var ~ h * sum_j g_j^2 * var(v) ~ (h / k) var(v) against d_ff * var(W2)).

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerlab.mixers.base import MixerConfigError
-from peerlab.mixers.row_groups import RowGroups
 from peerlab.mixers.usage import usage_metrics
 
 
@@ -55,28 +54,32 @@ def product_topk(
 
 
 class _ChosenScores(torch.autograd.Function):
-    """Scores of the chosen keys, ``q1 . T1[rows1] + q2 . T2[rows2]``, whose forward values are passed in (they
-    were computed for the selection) and whose backward never gathers sub-key rows: the query gradients are
-    weighted bags of sub-key rows, the sub-key gradients weighted bags of queries, grouped by row."""
+    """Scores of the chosen keys, ``q1 . c1[rows1] + q2 . c2[rows2]``, whose forward values are passed in (they
+    were computed for the selection, without autograd). Backward scatters each (token, head)'s score gradients onto
+    its half's sqrt(N) sub-keys and runs the two matmuls of a dense scoring backward; nothing of size
+    (tokens, heads, sqrt N) is kept from the forward pass."""
 
     @staticmethod
-    def forward(ctx, q1, q2, tables, rows1, rows2, values):
-        ctx.save_for_backward(q1, q2, tables, rows1, rows2)
+    def forward(ctx, q1, q2, keys, rows1, rows2, values):
+        ctx.save_for_backward(q1, q2, keys, rows1, rows2)
         return values.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        q1, q2, tables, rows1, rows2 = ctx.saved_tensors
-        k, half = rows1.shape[-1], q1.shape[-1]
-        grad = grad.reshape(-1, k)  # one bag of k chosen keys per (token, head)
-        grad_q, grad_tables = [], torch.zeros_like(tables) if ctx.needs_input_grad[2] else None
+        q1, q2, keys, rows1, rows2 = ctx.saved_tensors
+        key_sets, _, n, half = keys.shape
+        tokens, heads, _ = grad.shape
+        grad_q, grad_keys = [], torch.zeros_like(keys)
         for i, (q, rows) in enumerate(((q1, rows1), (q2, rows2))):
-            rows = rows.reshape(-1, k)
-            grad_q.append(F.embedding_bag(rows, tables[i], per_sample_weights=grad, mode="sum").view_as(q))
-            if grad_tables is not None:
-                groups = RowGroups(rows)
-                grad_tables[i].index_copy_(0, groups.rows, groups.row_sums(grad, q.reshape(-1, half)))
-        return grad_q[0], grad_q[1], grad_tables, None, None, None
+            weights = grad.new_zeros(tokens, heads, n).scatter_add_(2, rows, grad)  # d loss / d (q . c) per sub-key
+            if key_sets == 1:  # sub-keys shared by all heads
+                grad_q.append(torch.matmul(weights, keys[0, i]))
+                grad_keys[0, i] = weights.reshape(-1, n).t() @ q.reshape(-1, half)
+            else:
+                per_head = weights.transpose(0, 1)  # (heads, tokens, n)
+                grad_q.append(torch.bmm(per_head, keys[:, i]).transpose(0, 1))
+                grad_keys[:, i] = torch.bmm(per_head.transpose(1, 2), q.transpose(0, 1))
+        return grad_q[0], grad_q[1], grad_keys, None, None, None
 
 
 QUERY_NORMS = ("batch", "layer", "none")
@@ -152,9 +155,9 @@ class ProductKeyRouter(nn.Module):
         """Router weights and flat key indices, both ``(tokens, heads, k)``, for ``x`` of shape ``(tokens, d_model)``."""
         q = self.queries(x)
         q1, q2 = q.chunk(2, dim=-1)  # (tokens, heads, d_key/2) each
-        # Selection needs every sub-key score but no gradient: top-k passes gradient only to the chosen entries.
-        # Scoring all n sub-keys under no_grad keeps autograd from storing (tokens, heads, n) scores and from a
-        # backward through them (two more full-size matmuls on gradients that are zero but for k entries per row).
+        # Selection needs every sub-key score but no gradient (top-k passes gradient only to the chosen entries):
+        # scoring under no_grad keeps autograd from storing the (tokens, heads, n) scores and the top-k's
+        # full-size gradient scatter; the chosen scores carry the gradient instead.
         with torch.no_grad():
             keys = self.keys.expand(self.heads, -1, -1, -1) if self.keys.shape[0] == 1 else self.keys
             s1 = torch.einsum("thd,hnd->thn", q1, keys[:, 0])  # (tokens, heads, n)
@@ -171,14 +174,9 @@ class ProductKeyRouter(nn.Module):
                       indices: torch.Tensor) -> torch.Tensor:
         """``q1 . c_a + q2 . c'_b`` for the chosen flat indices ``a * n + b``: the values already in the sub-key
         scores ``s1``/``s2``, with gradients for the queries and sub-keys (``(tokens, heads, k)``)."""
-        key_sets, _, n, half = self.keys.shape
-        rows1, rows2 = indices // n, indices % n
+        rows1, rows2 = indices // self.n, indices % self.n
         values = s1.gather(-1, rows1) + s2.gather(-1, rows2)
-        if key_sets > 1:  # per-head keys: row of each chosen sub-key in the (heads * n, half) table of its half
-            head_offset = (torch.arange(self.heads, device=indices.device) * n).view(1, -1, 1)
-            rows1, rows2 = rows1 + head_offset, rows2 + head_offset
-        tables = self.keys.reshape(key_sets, 2, n, half).transpose(0, 1).reshape(2, key_sets * n, half)
-        return _ChosenScores.apply(q1, q2, tables, rows1, rows2, values)
+        return _ChosenScores.apply(q1, q2, self.keys, rows1, rows2, values)
 
     # ------------------------------------------------------------------ accounting
     def flops_per_token(self) -> int:
