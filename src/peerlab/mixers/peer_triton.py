@@ -44,6 +44,17 @@ def _activation(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def _slots(idx_ptr, g_ptr, t, j0, HK, D, offs_d, mask_d, BLOCK_J: tl.constexpr):
+    """Token ``t``'s retrieved slots ``j0 .. j0 + BLOCK_J``: positions, mask, router weights, and the offsets and
+    mask of their table rows as a (BLOCK_J, BLOCK_D) tile."""
+    offs_j = j0 + tl.arange(0, BLOCK_J)
+    mask_j = offs_j < HK
+    rows = tl.load(idx_ptr + t * HK + offs_j, mask=mask_j, other=0).to(tl.int64)
+    g = tl.load(g_ptr + t * HK + offs_j, mask=mask_j, other=0.0).to(tl.float32)
+    return offs_j, mask_j, g, rows[:, None] * D + offs_d[None, :], mask_j[:, None] & mask_d[None, :]
+
+
+@triton.jit
 def _forward_kernel(x_ptr, idx_ptr, g_ptr, down_ptr, up_ptr, y_ptr, pre_ptr, HK, D,
                     BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, ACT: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
@@ -52,12 +63,7 @@ def _forward_kernel(x_ptr, idx_ptr, g_ptr, down_ptr, up_ptr, y_ptr, pre_ptr, HK,
     x = tl.load(x_ptr + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for j0 in range(0, HK, BLOCK_J):
-        offs_j = j0 + tl.arange(0, BLOCK_J)
-        mask_j = offs_j < HK
-        rows = tl.load(idx_ptr + t * HK + offs_j, mask=mask_j, other=0).to(tl.int64)
-        g = tl.load(g_ptr + t * HK + offs_j, mask=mask_j, other=0.0).to(tl.float32)
-        tile = rows[:, None] * D + offs_d[None, :]
-        mask = mask_j[:, None] & mask_d[None, :]
+        offs_j, mask_j, g, tile, mask = _slots(idx_ptr, g_ptr, t, j0, HK, D, offs_d, mask_d, BLOCK_J)
         u = tl.load(down_ptr + tile, mask=mask, other=0.0).to(tl.float32)
         pre = tl.sum(u * x[None, :], axis=1)
         tl.store(pre_ptr + t * HK + offs_j, pre, mask=mask_j)
@@ -76,13 +82,8 @@ def _backward_kernel(idx_ptr, g_ptr, pre_ptr, down_ptr, up_ptr, gy_ptr, gx_ptr, 
     gy = tl.load(gy_ptr + t * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     gx = tl.zeros([BLOCK_D], dtype=tl.float32)
     for j0 in range(0, HK, BLOCK_J):
-        offs_j = j0 + tl.arange(0, BLOCK_J)
-        mask_j = offs_j < HK
-        rows = tl.load(idx_ptr + t * HK + offs_j, mask=mask_j, other=0).to(tl.int64)
-        g = tl.load(g_ptr + t * HK + offs_j, mask=mask_j, other=0.0).to(tl.float32)
+        offs_j, mask_j, g, tile, mask = _slots(idx_ptr, g_ptr, t, j0, HK, D, offs_d, mask_d, BLOCK_J)
         pre = tl.load(pre_ptr + t * HK + offs_j, mask=mask_j, other=0.0)
-        tile = rows[:, None] * D + offs_d[None, :]
-        mask = mask_j[:, None] & mask_d[None, :]
         v = tl.load(up_ptr + tile, mask=mask, other=0.0).to(tl.float32)
         dw = tl.sum(v * gy[None, :], axis=1)  # d loss / d (g * act), per retrieved expert
         a, da = _activation(pre, ACT)
