@@ -80,8 +80,19 @@ def test_analysis_fits_and_draws(sweep, tmp_path):
     optima = json.loads((tmp_path / "optima.json").read_text())
     assert {o["method"] for o in optima} == {"ffw", "peer_small"}
     assert all(len(o["sizes"]) == 3 for o in optima)
+    rows = [line for line in (tmp_path / "runs.md").read_text().splitlines()[2:] if line]
+    assert len(rows) == sum(1 for _ in (root / "sweeps").rglob("results.json"))
+    assert all(row.startswith("| 2.5e10 |") for row in rows)
     assert main([str(root / "sweeps"), "--out", str(tmp_path / "abl"), "--ablation", "model.depth", "--series", "layer.name"]) == 0
     assert "| ffw | 2 |" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_best_size_at_a_grid_edge_is_not_bracketed_even_when_the_vertex_falls_inside():
+    # Through (0, 1.0), (1, 1.1), (2, 1.5) the parabola's vertex is at x = 1/6, inside the grid, but nothing was
+    # observed left of the best point: the minimum is not bracketed.
+    runs = [Run(Path("."), "ffw", 1e12, 10.0**x, y, 0, {}) for x, y in [(0, 1.0), (1, 1.1), (2, 1.5)]]
+    o = fit_optimum("ffw", 1e12, runs)
+    assert not o.interior and o.size == pytest.approx(1.0) and o.loss == 1.0 and o.loss_std is None
 
 
 def test_parabola_fit_recovers_a_known_optimum():

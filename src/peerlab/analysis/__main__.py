@@ -1,4 +1,5 @@
-"""``python -m peerlab.analysis <sweep dirs> --out <dir>``: isoFLOP fits, figures and tables from results.json files.
+"""``python -m peerlab.analysis <sweep dirs> --out <dir>``: isoFLOP fits, figures and tables from results.json files
+(``runs.md`` lists every run, with its steps, tokens and FLOPs per token).
 
     python -m peerlab.analysis runs/sweeps/isoflop_cpu --out experiments/results/isoflop_cpu
     python -m peerlab.analysis runs/sweeps/ablation_query_bn --out experiments/results/bn \\
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.isoflop_curves(runs, opts, args.out / "isoflop.png")
         figures.loss_vs_flops(runs, opts, args.out / "loss_vs_flops.png")
         written += ["table1.md", "optima.json", "isoflop.png", "loss_vs_flops.png"]
+    (args.out / "runs.md").write_text(tables.runs_table(runs) + "\n")
+    written.append("runs.md")
     print(f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in skipped.items()) or 'none'} skipped); wrote "
           + ", ".join(str(args.out / w) for w in written))
     return 0

@@ -39,13 +39,22 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
 
 
 def _vertex(coef, x: np.ndarray, y: np.ndarray) -> tuple[float, float, bool]:
-    if coef is not None and coef[0] > 0:
+    """The fitted minimum when the grid brackets it: the best observed size has a worse size on each side and the
+    vertex lies inside the sampled range. Otherwise the best observed point, flagged as not bracketed (a vertex
+    just past a grid edge is an extrapolation however close it sits)."""
+    i = int(np.argmin(y))
+    best_inside = x[i] != x.min() and x[i] != x.max()
+    if coef is not None and coef[0] > 0 and best_inside:
         a, b, c = coef
         xv = -b / (2 * a)
         if x.min() <= xv <= x.max():
             return xv, c - b * b / (4 * a), True
-    i = int(np.argmin(y))  # no interior minimum: the grid does not bracket the optimum
     return float(x[i]), float(y[i]), False
+
+
+def _means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean of ``y`` per distinct ``x``, in the order of ``np.unique(x)``."""
+    return np.array([y[x == v].mean() for v in np.unique(x)])
 
 
 def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 1000, seed: int = 0) -> Optimum:
@@ -58,7 +67,8 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
     coef = _fit(x, y)
     xv, lv, interior = _vertex(coef, x, y)
     size_std = loss_std = None
-    if coef is not None and interior:  # an unbracketed "optimum" is a grid edge: no uncertainty to speak of
+    # An unbracketed "optimum" is a grid edge, and three runs fit a parabola exactly: no uncertainty to speak of.
+    if coef is not None and interior and len(runs) > 3:
         # Resample runs (seeds included) with replacement; keep resamples that still span three sizes.
         rng = np.random.default_rng(seed)
         pts_x = np.log10(np.array([r.params for r in runs]))
@@ -69,7 +79,7 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
             c = _fit(pts_x[idx], pts_y[idx])
             if c is None:
                 continue
-            bx, bl, _ = _vertex(c, pts_x[idx], pts_y[idx])
+            bx, bl, _ = _vertex(c, np.unique(pts_x[idx]), _means(pts_x[idx], pts_y[idx]))
             xs.append(bx)
             ls.append(bl)
         if len(xs) >= 10:

@@ -43,3 +43,18 @@ def ablation_table(runs: list[Run], key: str, series: str | None = None) -> str:
         cells = [str(s)] if series else []
         lines.append("| " + " | ".join([*cells, str(k), str(len(rs)), f"{math.exp(loss):.2f}", fmt(usage), fmt_u(uneven)]) + " |")
     return "\n".join(lines)
+
+
+def runs_table(runs: list[Run]) -> str:
+    """Every run: what it cost per token, what it saw and where it ended. Rows with the same tokens but different
+    methods compare the layers at equal data rather than equal FLOPs."""
+    lines = ["| budget | method | size | seed | train FLOPs/token | steps | tokens | epochs | final loss | expert usage |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r.budget, r.params, r.method, r.seed)):
+        res = r.results
+        usage = (res.get("usage") or {}).get("val/expert_usage")
+        lines.append(f"| {sci(r.budget)} | {r.method} | {r.params / 1e6:.3g}M | {r.seed} | "
+                     f"{res.get('flops_per_token_train', 0) / 1e6:.3g}M | {res.get('steps', '-')} | "
+                     f"{res.get('tokens', 0) / 1e6:.3g}M | {res.get('epochs', 0):.2f} | {r.loss:.4f} | "
+                     f"{'-' if usage is None else f'{100 * usage:.1f}%'} |")
+    return "\n".join(lines)
