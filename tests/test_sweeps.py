@@ -85,6 +85,9 @@ def test_analysis_fits_and_draws(sweep, tmp_path):
     assert all(row.startswith("| 2.5e10 |") for row in rows)
     assert main([str(root / "sweeps"), "--out", str(tmp_path / "abl"), "--ablation", "model.depth", "--series", "layer.name"]) == 0
     assert "| ffw | 2 |" in (tmp_path / "abl" / "ablation.md").read_text()
+    # A categorical key (here the layer's name) is drawn as categories.
+    assert main([str(root / "sweeps"), "--out", str(tmp_path / "cat"), "--ablation", "layer.name"]) == 0
+    assert (tmp_path / "cat" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_best_size_at_a_grid_edge_is_not_bracketed_even_when_the_vertex_falls_inside():

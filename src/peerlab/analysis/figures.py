@@ -70,14 +70,24 @@ def loss_vs_flops(runs: list[Run], opts: list[Optimum], path: Path) -> None:
 
 
 def ablation(runs: list[Run], key: str, series: str | None, path: Path) -> None:
+    """Perplexity against ``key``, one line per ``series``: a log2 axis for numbers (N, h*k), categories otherwise
+    (e.g. layer.query_norm batch / none)."""
+    values = {r.config_value(key) for r in runs}
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    categories = sorted(map(str, values))
     groups: dict[object, list[tuple[float, float]]] = defaultdict(list)
     for r in runs:
-        groups[r.config_value(series) if series else "runs"].append((float(r.config_value(key)), r.loss))
+        v = r.config_value(key)
+        x = float(v) if numeric else float(categories.index(str(v)))
+        groups[r.config_value(series) if series else "runs"].append((x, r.loss))
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, pts in sorted(groups.items(), key=lambda kv: str(kv[0])):
         pts.sort()
         ax.plot([p for p, _ in pts], [np.exp(v) for _, v in pts], marker="o", label=f"{series}={name}" if series else None)
-    ax.set_xscale("log", base=2)
+    if numeric:
+        ax.set_xscale("log", base=2)
+    else:
+        ax.set_xticks(range(len(categories)), categories)
     ax.set_xlabel(key)
     ax.set_ylabel("validation perplexity")
     if series:
