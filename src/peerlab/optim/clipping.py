@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import torch
 
+from peerlab.optim.lazy_adamw import coalesced
+
 
 @torch.no_grad()
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -18,7 +20,7 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
         if p.grad is None:
             continue
         if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
+            p.grad = coalesced(p.grad)
             grads.append(p.grad._values())
         else:
             grads.append(p.grad)

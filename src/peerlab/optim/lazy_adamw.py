@@ -20,6 +20,7 @@ class LazyAdamW(torch.optim.Optimizer):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"LazyAdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -55,23 +56,44 @@ class LazyAdamW(torch.optim.Optimizer):
                      weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
         return loss
 
-    @staticmethod
-    def _lazy_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        grad = grad.coalesce()
-        rows, values = grad.indices()[0], grad.values()
+    def _scratch(self, like: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two reused (rows, d) buffers: gathered rows written into fresh allocations page-fault every step, which
+        cost more than the update itself for large tables."""
+        key = (like.shape[1], like.dtype, like.device)
+        pair = self._buffers.get(key)
+        if pair is None or pair[0].shape[0] < rows:
+            pair = tuple(like.new_empty(rows, like.shape[1]) for _ in range(2))
+            self._buffers[key] = pair
+        return pair[0][:rows], pair[1][:rows]
+
+    def _lazy_update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+        grad = coalesced(grad)
+        rows, values = grad._indices()[0], grad._values()
         if rows.numel() == 0:
             return
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         step = state["step"].item()
-        m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
-        v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+        m, v = self._scratch(p, rows.numel())
+        torch.index_select(state["exp_avg"], 0, rows, out=m)
+        torch.index_select(state["exp_avg_sq"], 0, rows, out=v)
+        m.lerp_(values, 1 - beta1)
+        v.mul_(beta2).addcmul_(values, values, value=1 - beta2)
         state["exp_avg"].index_copy_(0, rows, m)
         state["exp_avg_sq"].index_copy_(0, rows, v)
         bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-        denom = (v / bias2).sqrt_().add_(eps)
-        w = p.index_select(0, rows)
+        delta = m.div_(v.div_(bias2).sqrt_().add_(eps)).mul_(-lr / bias1)  # AdamW's step for these rows
         if wd:
-            w.mul_(1 - lr * wd)
-        w.addcdiv_(m, denom, value=-lr / bias1)
-        p.index_copy_(0, rows, w)
+            delta.add_(p.index_select(0, rows), alpha=-lr * wd)  # decoupled weight decay of the same rows
+        p.index_add_(0, rows, delta)
+
+
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` with unique sorted rows. PEER's table gradients are built that way but lose the flag on their way
+    into ``.grad``; checking that the rows strictly increase costs O(rows) where ``coalesce()`` sorts them."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if grad._indices().shape[0] == 1 and bool((rows[1:] > rows[:-1]).all()):
+        return grad._coalesced_(True)
+    return grad.coalesce()
