@@ -55,11 +55,9 @@ def product_topk(
         return values, flat.gather(-1, pos)
     candidates = (v1.unsqueeze(-1) + v2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
     flat = (i1.unsqueeze(-1) * n + i2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
-    if stable:
-        # Lexicographic (score desc, index asc): sort by index, then stably by score.
-        flat, order = flat.sort(dim=-1)
-        candidates = candidates.gather(-1, order)
-    values, pos = _topk(candidates, k, stable)
+    # Lexicographic (score desc, index asc): sort by index, then stably by score.
+    flat, order = flat.sort(dim=-1)
+    values, pos = _topk(candidates.gather(-1, order), k, stable=True)
     return values, flat.gather(-1, pos)
 
 
