@@ -12,6 +12,7 @@ FFW at d_model = 1024) and GELU ("ReLU or GELU" in the paper; GELU matches our d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,8 +24,10 @@ from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
 
 IMPLS = ("auto", "torch", "chunked", "triton")
+TRITON_ACTIVATIONS = ("gelu", "relu", "silu")  # the activations peer_triton's kernels implement
 
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -60,8 +63,8 @@ class PEER(Mixer):
         if impl == "triton" and not triton_available():
             raise MixerConfigError("layer.impl='triton': Triton is not installed (pip install '.[gpu]'); "
                                    "use layer.impl=chunked or auto")
-        if impl == "triton" and activation not in ("gelu", "relu", "silu"):
-            raise MixerConfigError(f"layer.activation={activation!r}: impl=triton supports gelu, relu, silu")
+        if impl == "triton" and activation not in TRITON_ACTIVATIONS:
+            raise MixerConfigError(f"layer.activation={activation!r}: impl=triton supports {', '.join(TRITON_ACTIVATIONS)}")
         self.impl, self.chunk_tokens, self.sparse_grads = impl, chunk_tokens, sparse_grads
         self.activation = activation
         self.router = ProductKeyRouter(d_model, n_experts, heads, k, d_key, query_norm, shared_keys, score,
@@ -100,7 +103,8 @@ class PEER(Mixer):
         """``auto``: the fused Triton kernels on CUDA tensors when Triton is installed, else ``chunked``."""
         if self.impl != "auto":
             return self.impl
-        return "triton" if x.is_cuda and self.activation in ("gelu", "relu", "silu") and triton_available() else "chunked"
+        triton_ok = self.activation in TRITON_ACTIVATIONS and triton_available()
+        return "triton" if x.is_cuda and triton_ok else "chunked"
 
     # ------------------------------------------------------------------ Mixer contract
     def flops_per_token(self) -> int:
