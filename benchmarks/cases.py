@@ -32,11 +32,11 @@ def peer(n: int, **kwargs) -> PEER:
     return PEER(D_MODEL, n_experts=n * n, heads=HEADS, k=K, d_key=D_KEY, **kwargs)
 
 
-def peer_pytorch(n: int) -> torch.nn.Module:
+def peer_pytorch(n: int, d_model: int = D_MODEL) -> torch.nn.Module:
     from PEER_pytorch import PEER as LucidPEER  # pip install '.[bench]'
 
-    # Its dim_key is per sub-key half: 64 is our d_key = 128.
-    return LucidPEER(D_MODEL, heads=HEADS, num_experts=n * n, num_experts_per_head=K, dim_key=D_KEY // 2,
+    # The paper's routing (softmax over each head's top-k); its dim_key is per sub-key half: 64 is our d_key = 128.
+    return LucidPEER(d_model, heads=HEADS, num_experts=n * n, num_experts_per_head=K, dim_key=D_KEY // 2,
                      non_competing_scores=False)
 
 
@@ -91,16 +91,21 @@ def build(name: str) -> tuple[torch.nn.Module, Step]:
 
         return layer, layer_step
     model = TRAIN_STEPS[name]().train()
+    return model, train_step(model, torch.randint(0, LM.vocab_size, (BATCH, SEQ + 1), generator=g))
+
+
+def train_step(model: Transformer, tokens: torch.Tensor, lr: float = 2e-3) -> Step:
+    """One full optimizer step on fixed tokens: forward, backward, clipping and LazyAdamW, with the mixers' expert
+    tables in a group without weight decay."""
     experts = {id(p) for m in model.mixers for ps in m.optimizer_groups().values() for p in ps}
     groups = [{"params": [p for p in model.parameters() if id(p) in experts], "weight_decay": 0.0},
               {"params": [p for p in model.parameters() if id(p) not in experts], "weight_decay": 0.1}]
-    optimizer = LazyAdamW([grp for grp in groups if grp["params"]], lr=2e-3, betas=(0.9, 0.95))
-    tokens = torch.randint(0, LM.vocab_size, (BATCH, SEQ + 1), generator=g)
+    optimizer = LazyAdamW([grp for grp in groups if grp["params"]], lr=lr, betas=(0.9, 0.95))
 
-    def train_step() -> None:
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         model.loss(tokens[:, :-1], tokens[:, 1:]).backward()
         clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
 
-    return model, train_step
+    return step

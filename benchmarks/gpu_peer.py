@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 import time
 import traceback
@@ -20,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cases import peer_pytorch, train_step
 from peerlab.mixers.ffw import FeedForward
 from peerlab.mixers.peer import PEER
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.model import ModelShape, Transformer
-from peerlab.optim import LazyAdamW, clip_grad_norm
 
 D, TOKENS, HEADS, K, D_KEY = 1024, 4096, 8, 16, 128
 
@@ -129,14 +130,6 @@ def peak_mib(step) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def peer_pytorch_layer(n: int):
-    from PEER_pytorch import PEER as LucidPEER
-
-    # The paper's routing (softmax over each head's top-k); its dim_key is per sub-key half: 64 = our d_key 128.
-    return LucidPEER(D, heads=HEADS, num_experts=n, num_experts_per_head=K, dim_key=D_KEY // 2,
-                     non_competing_scores=False)
-
-
 def time_layers(report: dict) -> None:
     """Whole layers (router + experts) forward+backward, ours per impl against PEER-pytorch."""
     report["layers"] = [row for n in (128**2, 1024**2) for row in _time_layers_at(n)]
@@ -145,7 +138,7 @@ def time_layers(report: dict) -> None:
 def _time_layers_at(n: int) -> list[dict]:
     makers = {f"peerlab-{impl}": functools.partial(PEER, D, n_experts=n, heads=HEADS, k=K, d_key=D_KEY, impl=impl,
                                                    chunk_tokens=256) for impl in ("triton", "chunked", "torch")}
-    makers["PEER-pytorch"] = functools.partial(peer_pytorch_layer, n)
+    makers["PEER-pytorch"] = functools.partial(peer_pytorch, math.isqrt(n), D)
     rows = []
     for name, make in makers.items():
         try:
@@ -182,24 +175,13 @@ def time_train_steps(report: dict) -> None:
         peer = functools.partial(PEER, n_experts=n, heads=HEADS, k=K, d_key=D_KEY, impl="triton") if n else None
         with torch.device("cuda"):
             model = Transformer(LM, functools.partial(FeedForward, hidden_mult=4.0), peer, "middle").train()
-        experts = {id(p) for m in model.mixers for ps in m.optimizer_groups().values() for p in ps}
-        groups = [{"params": [p for p in model.parameters() if id(p) in experts], "weight_decay": 0.0},
-                  {"params": [p for p in model.parameters() if id(p) not in experts], "weight_decay": 0.1}]
-        optimizer = LazyAdamW([g for g in groups if g["params"]], lr=1e-3, betas=(0.9, 0.95))
-        tokens = torch.randint(0, LM.vocab_size, (LM_BATCH, LM.seq_len + 1), device="cuda")
-
-        def step(model=model, optimizer=optimizer, tokens=tokens):
-            optimizer.zero_grad(set_to_none=True)
-            model.loss(tokens[:, :-1], tokens[:, 1:]).backward()
-            clip_grad_norm(model.parameters(), 1.0)
-            optimizer.step()
-
+        step = train_step(model, torch.randint(0, LM.vocab_size, (LM_BATCH, LM.seq_len + 1), device="cuda"), lr=1e-3)
         ms = bench_ms(step)
         row = {"model": name, "step_ms": ms, "tokens_per_s": LM_BATCH * LM.seq_len / (ms / 1e3),
                "params": sum(p.numel() for p in model.parameters())}
         rows.append(row)
         print(f"  train step {name:12s} {ms:8.2f} ms  {row['tokens_per_s']:9.0f} tokens/s", flush=True)
-        del model, optimizer, step
+        del model, step
         torch.cuda.empty_cache()
     report["train_steps"] = rows
     torch.backends.cuda.matmul.allow_tf32 = False
