@@ -62,8 +62,9 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
     for r in runs:
         by_size[r.params].append(r.loss)
     sizes = sorted(by_size)
-    x = np.log10(np.array(sizes))
-    y = np.array([np.mean(by_size[s]) for s in sizes])
+    pts_x = np.log10(np.array([r.params for r in runs]))
+    pts_y = np.array([r.loss for r in runs])
+    x, y = np.unique(pts_x), _means(pts_x, pts_y)  # one point per size: the mean over its seeds
     coef = _fit(x, y)
     xv, lv, interior = _vertex(coef, x, y)
     size_std = loss_std = None
@@ -71,8 +72,6 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
     if coef is not None and interior and len(runs) > 3:
         # Resample runs (seeds included) with replacement; keep resamples that still span three sizes.
         rng = np.random.default_rng(seed)
-        pts_x = np.log10(np.array([r.params for r in runs]))
-        pts_y = np.array([r.loss for r in runs])
         xs, ls = [], []
         for _ in range(bootstrap):
             idx = rng.integers(0, len(runs), len(runs))
