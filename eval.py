@@ -1,13 +1,15 @@
 """Perplexity of checkpoints on evaluation sets: ``python eval.py ckpt=<path> eval_sets=[embedded,c4]`` (see README)."""
 
 import sys
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from peerlab.config import register_resolvers
 
 register_resolvers()
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
@@ -23,4 +25,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from peerlab.overrides import check_known_keys
+
+    known = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "eval.yaml"))
+    problem = check_known_keys(sys.argv[1:], known, "eval.py")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

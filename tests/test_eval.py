@@ -90,3 +90,50 @@ def test_eval_errors_are_one_line(checkpoint, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
+
+
+def _eval(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_unknown_keys_are_one_line_listing_the_allowed_keys(checkpoint, tmp_path):
+    ckpt = f"ckpt={checkpoint['checkpoints']['last']}"
+    for arg, message in [
+        ("foo=1", "error: foo=1: unknown key of eval.py; allowed: batch_size, ckpt, data, eval_sets, hf_cache_dir, "
+                  "max_documents, max_tokens, name, out_dir, sets, wandb"),
+        ("sets.c5.path=/x", "error: sets.c5.path=/x: unknown key of eval.py; allowed under sets: c4, curation, lambada, pile, wikitext"),
+        ("data.files=[a]", "error: data.files=[a]: unknown key of eval.py; allowed under data: path"),
+    ]:
+        proc = _eval(ckpt, arg, f"out_dir={tmp_path}", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip() == message, proc.stderr[-2000:]
+
+
+def test_c4_location_from_data_path_or_from_the_checkpoint(checkpoint, eval_files, tmp_path):
+    import torch
+
+    from peerlab.checkpointing import load_checkpoint_dict
+
+    last = checkpoint["checkpoints"]["last"]
+    by_sets = _eval(f"ckpt={last}", "eval_sets=[c4]", f"sets.c4.path={eval_files}", f"out_dir={tmp_path / 'a'}", "name=x",
+                    cwd=tmp_path)
+    by_alias = _eval(f"ckpt={last}", "eval_sets=[c4]", f"data.path={eval_files}", f"out_dir={tmp_path / 'b'}", "name=x",
+                     cwd=tmp_path)
+    assert by_sets.returncode == 0 and by_alias.returncode == 0, by_alias.stderr[-2000:]
+    ppl = json.loads((tmp_path / "a" / "results.json").read_text())["x"]["c4"]
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["x"]["c4"] == ppl
+
+    clash = _eval(f"ckpt={last}", "eval_sets=[c4]", f"data.path={eval_files}", "sets.c4.path=/elsewhere",
+                  f"out_dir={tmp_path / 'c'}", cwd=tmp_path)
+    assert clash.returncode == 2 and "error: data.path=" in clash.stderr and "sets.c4.path" in clash.stderr
+
+    # A checkpoint of a C4 run remembers where its data was: no path needed.
+    ckpt = load_checkpoint_dict(last)
+    ckpt["peerlab_config"]["data"] = {**ckpt["peerlab_config"]["data"], "kind": "c4", "path": str(eval_files)}
+    c4_ckpt = tmp_path / "c4run.ckpt"
+    torch.save(ckpt, c4_ckpt)
+    own = _eval(f"ckpt={c4_ckpt}", "eval_sets=[c4]", f"out_dir={tmp_path / 'd'}", "name=x", cwd=tmp_path)
+    assert own.returncode == 0, own.stderr[-2000:]
+    assert f"c4: the checkpoint's own data.path={eval_files}" in own.stdout
+    assert json.loads((tmp_path / "d" / "results.json").read_text())["x"]["c4"] == ppl

@@ -1,4 +1,13 @@
-"""Checkpoints that survive kills: atomic writes, a ``last.ckpt`` by steps and by minutes, and one on SIGTERM."""
+"""Checkpoints that survive kills (atomic writes, a ``last.ckpt`` by steps and by minutes, and one on SIGTERM), and
+that load as data, never as code.
+
+A checkpoint is a pickle, and unpickling can call any importable function. Every checkpoint a user points us at
+(``eval.py ckpt=...``, a resumed run's ``last.ckpt``) is therefore first scanned for the globals its pickle names,
+without executing it, and refused with one line if it names anything beyond torch's ``weights_only`` set and
+:data:`ALLOWED_GLOBALS`; it is then loaded with ``weights_only=True``. Our checkpoints hold tensors, numbers,
+strings, lists and dicts only (tested for every layer), so the allow-list is empty: a type is added here only when
+a real checkpoint of ours is shown to need it.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +17,54 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from peerlab.config import ConfigError
+
 LAST = "last.ckpt"
+# Types beyond torch's weights_only defaults that a peerlab checkpoint may hold (none so far; see the docstring).
+ALLOWED_GLOBALS: tuple[type, ...] = ()
+
+
+class UnsafeCheckpoint(ConfigError):
+    """A checkpoint whose pickle names code outside the allow-list; refused before anything is unpickled."""
+
+
+def check_checkpoint(path: str | Path, key: str = "ckpt") -> None:
+    """Refuse, with one line naming ``key``, a file that is not a readable checkpoint or whose pickle refers to
+    globals outside the allow-list. Scans the pickle's opcodes; nothing in it is executed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}={str(path)!r}: no such checkpoint file")
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in ALLOWED_GLOBALS}
+    try:
+        unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g not in allowed]
+    except Exception as exc:  # not a zip of torch.save, truncated, ...
+        raise ConfigError(f"{key}={str(path)!r}: not a readable torch checkpoint ({type(exc).__name__})") from None
+    if unsafe:
+        raise UnsafeCheckpoint(f"{key}={str(path)!r}: refusing to load: its pickle refers to {', '.join(sorted(unsafe))}, "
+                               "which a peerlab checkpoint never holds (it could run code)")
+
+
+def load_checkpoint_dict(path: str | Path, key: str = "ckpt", map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, loaded as data only (:func:`check_checkpoint`, then ``weights_only=True``)."""
+    check_checkpoint(path, key)
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+            return torch.load(Path(path).expanduser(), map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpoint(f"{key}={str(path)!r}: refusing to load: {first}") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file and rename it into place: a kill mid-write leaves the previous checkpoint intact."""
+    """Write to a temporary file and rename it into place: a kill mid-write leaves the previous checkpoint intact.
+    Loading (resume) goes through :func:`load_checkpoint_dict`: data only."""
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint_dict(path, key="resume", map_location=map_location if map_location is not None else "cpu")
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)

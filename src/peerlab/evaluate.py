@@ -19,6 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from peerlab.builders import build_corpus
+from peerlab.checkpointing import load_checkpoint_dict
 from peerlab.config import ConfigError, sci
 from peerlab.data.corpora import encode_texts
 from peerlab.eval_sets import documents
@@ -26,10 +27,14 @@ from peerlab.lit_module import LanguageModel
 
 
 def load_checkpoint(path: str | Path) -> tuple[LanguageModel, Tokenizer]:
+    """The model and tokenizer of a peerlab checkpoint, loaded as data only (never unpickling code)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt={str(path)!r}: no such checkpoint file")
-    module = LanguageModel.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_dict(path, key="ckpt")
+    if not isinstance(ckpt.get("hyper_parameters"), dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"ckpt={str(path)!r}: not a peerlab training checkpoint (no hyper_parameters/state_dict)")
+    module = LanguageModel(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
     if not module.tokenizer_json:
         raise ConfigError(f"ckpt={str(path)!r}: the checkpoint carries no tokenizer (not written by peerlab?)")
     return module.eval(), Tokenizer.from_str(module.tokenizer_json)
@@ -81,6 +86,22 @@ def set_documents(name: str, spec: dict, module: LanguageModel, cache_dir: str |
     return documents(name, spec, cache_dir, max_documents)
 
 
+def c4_location(cfg: Any, module: LanguageModel) -> str | None:
+    """C4's local folder: ``sets.c4.path``, or its synonym ``data.path`` (as train.py spells it), or else the
+    ``data.path`` of the run that wrote the checkpoint, when it trained on C4; ``None`` = the HF hub."""
+    given = cfg.sets.c4.get("path") if "c4" in cfg.sets else None
+    alias = (cfg.get("data") or {}).get("path")
+    if given and alias and str(given) != str(alias):
+        raise ConfigError(f"data.path={alias!r}: a synonym of sets.c4.path, which is already {given!r}; give one of them")
+    if given or alias:
+        return str(given or alias)
+    data = (module.run_config or {}).get("data") or {}
+    if data.get("kind") == "c4" and data.get("path"):
+        print(f"c4: the checkpoint's own data.path={data['path']}", flush=True)
+        return str(data["path"])
+    return None
+
+
 def write_tables(out_dir: Path, table: dict[str, dict[str, float]]) -> None:
     sets = sorted({s for row in table.values() for s in row}, key=lambda s: (s != "embedded", s))
     (out_dir / "results.json").write_text(json.dumps(table, indent=2))
@@ -111,6 +132,8 @@ def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
         row = table.setdefault(label, {})
         for name in cfg.eval_sets:
             spec = OmegaConf.to_container(cfg.sets.get(name, {})) if name in cfg.sets else {}
+            if name == "c4":
+                spec["path"] = c4_location(cfg, module)
             tokens = token_stream(tok, set_documents(name, spec, module, cfg.get("hf_cache_dir"), cfg.get("max_documents")))
             result = perplexity(module, tokens, cfg.batch_size, cfg.get("max_tokens"))
             row[name] = result["ppl"]

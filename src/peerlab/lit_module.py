@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -12,6 +13,11 @@ import torch
 from peerlab.builders import build_model
 from peerlab.flops import flops_breakdown
 from peerlab.optim import LazyAdamW, clip_grad_norm
+
+log = logging.getLogger(__name__)
+# How PEER's tables get gradients (mixers/sparse_grads.py), as results.json and the start-up log name it.
+GRAD_NAMES = {True: "sparse row gradients", False: "dense gradients",
+              "auto": "sparse row gradients (dense in a step that retrieves all N rows)"}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine"):
@@ -54,6 +60,17 @@ class LanguageModel(L.LightningModule):
         self._tok_per_s = 0.0
         self._val_sum = 0.0
         self._val_count = 0
+        self.expert_grads: dict[str, str] = {}  # resolved in setup(), once the process group exists
+
+    def setup(self, stage: str) -> None:
+        # The process group exists now and DDP has not wrapped the model yet: mixers settle backend-dependent
+        # gradients (PEER's sparse tables are dense under NCCL).
+        for mixer in self.model.mixers:
+            mixer.prepare_for_backend()
+        self.expert_grads = {f"block{i}": GRAD_NAMES[m.grad_mode()] for i, m in enumerate(self.model.mixers)
+                             if hasattr(m, "grad_mode")}
+        if self.expert_grads and self._trainer is not None and self._trainer.is_global_zero:
+            log.info("expert tables: %s", ", ".join(sorted(set(self.expert_grads.values()))))
 
     # ------------------------------------------------------------------ progress counters
     def flops_done(self, steps: int | None = None) -> int:

@@ -92,6 +92,9 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
         save_dir=str(run_dir), offline=(mode == "offline"), resume="allow", config=config,
         settings=_wandb_settings(mode),
     )
+    # Lightning passes anonymous=None to wandb.init, which makes W&B warn that the setting has no effect.
+    if wandb_logger._wandb_init.get("anonymous") is None:
+        wandb_logger._wandb_init.pop("anonymous", None)
     experiment = _start_wandb(wandb_logger)
     if experiment is None:
         return loggers
@@ -99,7 +102,9 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
     experiment.define_metric("flops")
     experiment.define_metric("*", step_metric="flops")
     if mode == "offline":
-        log.info("W&B is offline (no API key); upload later with: wandb sync %s", Path(experiment.dir).parent)
+        log.info("W&B: offline (no API key); upload later with: wandb sync %s", Path(experiment.dir).parent)
+    else:
+        log.info("W&B: online, %s", getattr(experiment, "url", None) or w.project)
     loggers.append(wandb_logger)
     return loggers
 

@@ -31,3 +31,23 @@ def check_group_overrides(argv: Sequence[str], config_dir: Path) -> str | None:
             if option not in allowed:
                 return f"{key}={option!r} is not an option of config group '{key}'; allowed: {', '.join(allowed)}"
     return None
+
+
+def check_known_keys(argv: Sequence[str], config: dict, command: str) -> str | None:
+    """An error line for the first ``key=value`` override whose key is not in ``config`` (a plain dict of the
+    primary config), listing the keys allowed at that level; ``hydra.*`` and flags are left to Hydra."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key == "hydra" or key.startswith("hydra."):
+            continue
+        node, path = config, []
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                where = f" under {'.'.join(path)}" if path else ""
+                allowed = ", ".join(sorted(k for k in node if k not in ("defaults", "hydra"))) if isinstance(node, dict) else "none"
+                return f"{key}={value}: unknown key of {command}; allowed{where}: {allowed}"
+            node, path = node[part], [*path, part]
+    return None

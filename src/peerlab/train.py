@@ -12,16 +12,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from peerlab import __version__
 from peerlab.builders import build_datamodule, dense_backbone_params
-from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint
+from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
 from peerlab.config import validate
+from peerlab.console import quiet_third_party
 from peerlab.flops import plan_budget
 from peerlab.lit_module import LanguageModel
 from peerlab.loggers import build_loggers, finish_loggers
+from peerlab.progress import BudgetProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def _check_same_run(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    return int(load_checkpoint_dict(path, key="resume", mmap=True)["global_step"])
 
 
 def failure_status(exc: BaseException) -> str:
@@ -110,6 +112,17 @@ def check_mixer(cfg: DictConfig) -> None:
         mixer_factory(cfg.layer)(d_model=d_model, n_layer=n_layer)
 
 
+def log_startup(cfg: DictConfig, run_dir: Path, module: LanguageModel, plan) -> None:
+    """The run's facts, each once: where it writes, what it trains, and how the budget becomes steps."""
+    model = module.model
+    log.info("run dir: %s", run_dir)
+    log.info("model: %s, layer %s in block(s) %s | params %.3gM (active %.3gM) | %.3g train FLOPs/token",
+             cfg.model.name, cfg.layer.name, model.sparse_blocks or "-", model.num_params() / 1e6,
+             model.active_params() / 1e6, module.flops.train)
+    log.info("budget: %.4g FLOPs = %d steps x %d tokens (%.4g FLOPs, %.1f%% of the budget)", plan.budget,
+             plan.max_steps, plan.tokens_per_step, plan.flops, 100 * plan.flops / plan.budget)
+
+
 def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
     """Token-averaged loss over a whole split in eval mode, plus the mixers' usage statistics."""
     model = module.model
@@ -130,6 +143,7 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
 
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
+    quiet_third_party()
     validate(cfg)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,13 +179,14 @@ def run(cfg: DictConfig) -> dict:
     resume_from = ckpt_dir / LAST
     ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
     resume_step = checkpoint_step(resume_from) if ckpt_path else 0
+    log_startup(cfg, run_dir, module, plan)
     loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step)
     last_ckpt = LastCheckpoint(ckpt_dir, cfg.trainer.ckpt_every_steps, cfg.trainer.ckpt_every_minutes)
     best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                 auto_insert_metric_name=False)
     callbacks = [last_ckpt, best_ckpt]
     if cfg.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_steps)))
+        callbacks.append(BudgetProgressBar(refresh_steps=cfg.trainer.log_every_steps))
     tr = cfg.trainer
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy,
@@ -183,8 +198,10 @@ def run(cfg: DictConfig) -> dict:
         enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
     )
+    log.info("device: %s x %d (%s), precision %s", trainer.strategy.root_device.type, n_procs, trainer.strategy.__class__.__name__,
+             tr.precision)
     if ckpt_path:
-        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
+        log.info("resuming from %s (step %d of %d)", ckpt_path, resume_step, plan.max_steps)
 
     results: dict[str, Any] = {
         "status": "running", "run_dir": str(run_dir), "config": config, "budget": float(cfg.budget),
@@ -197,12 +214,9 @@ def run(cfg: DictConfig) -> dict:
         "val_tokens": dm.split_tokens("val"), "versions": {"peerlab": __version__, "torch": torch.__version__,
                                                            "lightning": L.__version__, "python": platform.python_version()},
     }
-    log.info("run dir: %s | params %.3gM (active %.3gM) | %.3g train FLOPs/token | %d steps x %d tokens = %.4g FLOPs of %.4g budget",
-             run_dir, results["params_total"] / 1e6, results["params_active"] / 1e6, module.flops.train,
-             plan.max_steps, tokens_per_step, plan.flops, plan.budget)
     t_fit = time.time()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as exc:
         results.update(status=failure_status(exc),
                        error=f"{type(exc).__name__}: {exc}", steps=module.global_step,
@@ -227,7 +241,7 @@ def run(cfg: DictConfig) -> dict:
         epochs=module.tokens_done() / dm.split_tokens("train"), final_val_loss=val_loss,
         final_val_ppl=final["val/ppl"], usage=usage, wall_time_s=time.time() - t0, fit_time_s=fit_time,
         train_tokens_per_s=(module.tokens_done() - module.tokens_done(resume_step)) / fit_time if fit_time > 0 else None,
-        resumed_from_step=resume_step if ckpt_path else None,
+        resumed_from_step=resume_step if ckpt_path else None, expert_grads=module.expert_grads,
         checkpoints={"last": str(resume_from), "best": best_ckpt.best_model_path or None},
         csv=str(run_dir / "csv" / "metrics.csv"), wandb_dir=wandb_dir,
     )
@@ -248,5 +262,5 @@ def summary(results: dict) -> str:
         f"  logs:        {results['run_dir']}/train.log",
     ]
     if results.get("wandb_dir"):
-        lines.append(f"  W&B run:     {results['wandb_dir']} (offline runs upload with: wandb sync {results['wandb_dir']})")
+        lines.append(f"  W&B run:     {results['wandb_dir']}")
     return "\n".join(lines)

@@ -138,7 +138,8 @@ class TextDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             world=trainer.world_size if trainer is not None else 1,
         )
-        log.info("training data: positions %d to %d of the seeded sample stream", sampler.start, sampler.end)
+        if sampler.start > 0:  # a resumed run says where in the sample stream it continues
+            log.info("training data: positions %d to %d of the seeded sample stream", sampler.start, sampler.end)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

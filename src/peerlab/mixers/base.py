@@ -16,6 +16,7 @@ class Mixer(nn.Module):
     - :attr:`aux_loss`: an auxiliary loss set by the last training forward pass (``None`` when there is none).
     - :meth:`reset_usage` / :meth:`usage_stats`: routing statistics accumulated in eval mode (sparse layers).
     - :meth:`optimizer_groups`: named parameter groups that need their own optimizer settings.
+    - :meth:`prepare_for_backend`: settle what depends on the process group, before DDP wraps the model.
     """
 
     aux_loss: torch.Tensor | None = None
@@ -36,6 +37,10 @@ class Mixer(nn.Module):
     def usage_stats(self) -> dict[str, float]:
         """Routing statistics accumulated since :meth:`reset_usage` (empty for dense mixers)."""
         return {}
+
+    def prepare_for_backend(self) -> None:
+        """Called once the process group (if any) exists and before DDP wraps the model: a mixer whose gradients
+        depend on the backend (PEER's sparse tables) settles them here."""
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters that train with their own optimizer settings, keyed by group name (see ``optim.groups``)."""

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import astuple
 
 import torch
 from torch import nn
 
 from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import Mixer, MixerConfigError
+from peerlab.mixers.matched_sizes import fill_sizes
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
+from peerlab.mixers.sparse_grads import GradMode, check_mode, process_group, resolve
 
 IMPLS = ("auto", "torch", "chunked", "triton")
 TRITON_ACTIVATIONS = ("gelu", "relu", "silu")  # the activations peer_triton's kernels implement
@@ -40,10 +43,10 @@ class PEER(Mixer):
     def __init__(
         self,
         d_model: int,
-        n_experts: int = 1024**2,
-        heads: int = 8,
-        k: int = 16,
-        d_key: int = 128,
+        n_experts: int | None = 1024**2,
+        heads: int | None = 8,
+        k: int | None = 16,
+        d_key: int | None = 128,
         query_norm: str = "batch",
         shared_keys: bool = True,
         score: str = "softmax",
@@ -51,7 +54,7 @@ class PEER(Mixer):
         dense_hidden_mult: float = 4.0,
         impl: str = "auto",
         chunk_tokens: int = 64,
-        sparse_grads: bool = True,
+        sparse_grads: GradMode = "auto",
         stable_ties: bool = False,
         n_layer: int = 1,
     ) -> None:
@@ -65,16 +68,18 @@ class PEER(Mixer):
                                    "use layer.impl=chunked or auto")
         if impl == "triton" and activation not in TRITON_ACTIVATIONS:
             raise MixerConfigError(f"layer.activation={activation!r}: impl=triton supports {', '.join(TRITON_ACTIVATIONS)}")
-        self.impl, self.chunk_tokens, self.sparse_grads = impl, chunk_tokens, sparse_grads
+        self.impl, self.chunk_tokens, self.sparse_grads = impl, chunk_tokens, check_mode(sparse_grads)
+        # null sizes follow d_model by the matched rule (layer=peer_matched; mixers/matched_sizes.py)
+        n_experts, heads, k, d_key = astuple(fill_sizes(d_model, "peer", n_experts, heads, k, d_key))
         self.activation = activation
         self.router = ProductKeyRouter(d_model, n_experts, heads, k, d_key, query_norm, shared_keys, score,
                                        stable_ties, size_key="layer.n_experts")
         self.d_model, self.n_experts, self.heads, self.k = d_model, n_experts, heads, k
         self.act = activation_fn(activation)
         # ``sparse`` marks the tables' gradients as sparse for DistributedDataParallel, which all-reduces them apart
-        # from its dense buckets; the expert functions produce them.
-        self.down = nn.Embedding(n_experts, d_model, sparse=sparse_grads)  # u_i
-        self.up = nn.Embedding(n_experts, d_model, sparse=sparse_grads)  # v_i
+        # from its dense buckets; the expert functions produce them. Set for the backend in prepare_for_backend().
+        self.down = nn.Embedding(n_experts, d_model, sparse=self.sparse_grads is not False)  # u_i
+        self.up = nn.Embedding(n_experts, d_model, sparse=self.sparse_grads is not False)  # v_i
         # Match a dense FFW of width dense_hidden_mult * d_model at init: u like its first layer's rows; v scaled
         # so that h heads of k softmax-weighted neurons carry the variance of that FFW's hidden units
         # (out var ~ h * sum_j g_j^2 * var(v) ~ (h / k) var(v) against d_ff * var(W2)).
@@ -83,21 +88,33 @@ class PEER(Mixer):
         nn.init.normal_(self.up.weight, std=0.02 / math.sqrt(2 * n_layer) * math.sqrt(d_ff * k / heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])  # (tokens, d_model)
-        weights, indices = self.router(x)  # (tokens, heads, k) each
-        indices, weights = indices.flatten(1), weights.flatten(1)  # (tokens, heads*k)
-        tables = (self.down.weight, self.up.weight)
-        impl = self.resolved_impl(x)
-        if impl == "triton":
-            from peerlab.mixers.peer_triton import experts_triton  # imports Triton only when used
+        shape, dtype = x.shape, x.dtype
+        # Mixed precision (bf16 autocast): retrieval and experts run in the tables' precision (fp32 master
+        # weights), so top-k picks the experts an fp32 run picks and every sum accumulates in fp32.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.reshape(-1, shape[-1]).to(self.down.weight.dtype)  # (tokens, d_model)
+            weights, indices = self.router(x)  # (tokens, heads, k) each
+            indices, weights = indices.flatten(1), weights.flatten(1)  # (tokens, heads*k)
+            tables = (self.down.weight, self.up.weight)
+            grads = self.grad_mode()
+            impl = self.resolved_impl(x)
+            if impl == "triton":
+                from peerlab.mixers.peer_triton import experts_triton  # imports Triton only when used
 
-            y = experts_triton(x, indices, weights, *tables, self.activation, self.sparse_grads)
-        elif impl == "chunked":
-            y = experts_chunked(x, indices, weights, *tables, self.act, self.chunk_tokens, self.sparse_grads)
-        else:
-            y = experts_torch(x, indices, weights, *tables, self.act, self.sparse_grads)
-        return y.view(shape)
+                y = experts_triton(x, indices, weights, *tables, self.activation, grads)
+            elif impl == "chunked":
+                y = experts_chunked(x, indices, weights, *tables, self.act, self.chunk_tokens, grads)
+            else:
+                y = experts_torch(x, indices, weights, *tables, self.act, grads)
+        return y.to(dtype).view(shape)
+
+    def grad_mode(self) -> GradMode:
+        """The tables' gradient kind under the current process group (``sparse_grads.py``)."""
+        return resolve(self.sparse_grads, *process_group())
+
+    def prepare_for_backend(self) -> None:
+        mode = self.grad_mode()  # raises for sparse_grads=true under NCCL
+        self.down.sparse = self.up.sparse = mode is not False
 
     def resolved_impl(self, x: torch.Tensor) -> str:
         """``auto``: the fused Triton kernels on CUDA tensors when Triton is installed, else ``chunked``."""

@@ -9,7 +9,8 @@ router weights ``g``. Implementations with the same values and gradients:
   which never materialises rows: ``y``, ``dx = sum_j dpre_tj u_j``, and the table gradients, computed per used
   row as a bag over the tokens that retrieved it (indices sorted once). The table gradients are therefore
   ``(rows used) x d_model``, whatever N is; they are returned sparse (``sparse_grads``) for an optimizer that
-  touches only those rows (:class:`peerlab.optim.LazyAdamW`), or scattered into a dense N x d_model tensor.
+  touches only those rows (:class:`peerlab.optim.LazyAdamW`), or scattered into a dense N x d_model tensor
+  (``sparse_grads="auto"``: sparse only in a step that retrieved fewer than N rows; see ``sparse_grads.py``).
 - ``triton`` (``peer_triton.py``): the same function with fused GPU kernels.
 """
 
@@ -21,13 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from peerlab.mixers.row_groups import RowGroups
+from peerlab.mixers.sparse_grads import GradMode, count_rows, sparse_this_step
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
 def experts_torch(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, down: torch.Tensor,
-                  up: torch.Tensor, act: Activation, sparse_grads: bool = False) -> torch.Tensor:
+                  up: torch.Tensor, act: Activation, sparse_grads: GradMode = False) -> torch.Tensor:
     """``x`` (tokens, d), ``indices``/``weights`` (tokens, h*k), tables (N, d) -> (tokens, d)."""
+    if sparse_grads == "auto":
+        sparse_grads = sparse_this_step("auto", count_rows(indices), down.shape[0])
     u = F.embedding(indices, down, sparse=sparse_grads)  # (tokens, h*k, d)
     hidden = act(torch.bmm(u, x.unsqueeze(-1)).squeeze(-1))  # (tokens, h*k)
     return F.embedding_bag(indices, up, per_sample_weights=hidden * weights, mode="sum", sparse=sparse_grads)
@@ -89,5 +93,5 @@ class _ChunkedExperts(torch.autograd.Function):
 
 def experts_chunked(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, down: torch.Tensor,
                     up: torch.Tensor, act: Activation, chunk_tokens: int = 64,
-                    sparse_grads: bool = False) -> torch.Tensor:
+                    sparse_grads: GradMode = False) -> torch.Tensor:
     return _ChunkedExperts.apply(x, indices, weights, down, up, act, chunk_tokens, sparse_grads)

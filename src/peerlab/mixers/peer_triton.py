@@ -163,7 +163,7 @@ class _TritonExperts(torch.autograd.Function):
 
 
 def experts_triton(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, down: torch.Tensor,
-                   up: torch.Tensor, activation: str, sparse_grads: bool = False) -> torch.Tensor:
+                   up: torch.Tensor, activation: str, sparse_grads: bool | str = False) -> torch.Tensor:
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"layer.activation={activation!r}: impl=triton supports {', '.join(ACTIVATION_CODES)}")
     return _TritonExperts.apply(x, indices, weights, down.contiguous(), up.contiguous(),

@@ -8,10 +8,13 @@ group, ``pkm_values`` (constant lr 1e-3 and no weight decay in ``configs/optim/a
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import torch
 from torch import nn
 
 from peerlab.mixers.base import Mixer
+from peerlab.mixers.matched_sizes import fill_sizes
 from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
 
 
@@ -19,10 +22,10 @@ class PKM(Mixer):
     def __init__(
         self,
         d_model: int,
-        n_memories: int = 1024**2,
-        heads: int = 8,
-        k: int = 32,
-        d_key: int = 128,
+        n_memories: int | None = 1024**2,
+        heads: int | None = 8,
+        k: int | None = 32,
+        d_key: int | None = 128,
         query_norm: str = "batch",
         shared_keys: bool = False,
         score: str = "softmax",
@@ -30,15 +33,20 @@ class PKM(Mixer):
         n_layer: int = 1,
     ) -> None:
         super().__init__()
+        # null sizes follow d_model by the matched rule (layer=pkm_matched; mixers/matched_sizes.py)
+        n_memories, heads, k, d_key = astuple(fill_sizes(d_model, "pkm", n_memories, heads, k, d_key))
         self.router = ProductKeyRouter(d_model, n_memories, heads, k, d_key, query_norm, shared_keys, score,
                                        stable_ties, size_key="layer.n_memories")
         self.d_model, self.n_memories, self.heads, self.k = d_model, n_memories, heads, k
         self.values = nn.Parameter(torch.empty(n_memories, d_model).normal_(std=d_model**-0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        weights, indices = self.router(x.reshape(-1, shape[-1]))  # (tokens, heads, k)
-        return weighted_bag(indices.flatten(1), weights.flatten(1), self.values).view(shape)
+        shape, dtype = x.shape, x.dtype
+        # Mixed precision: retrieval and the weighted sum run in the values' precision (fp32 master weights).
+        with torch.autocast(x.device.type, enabled=False):
+            weights, indices = self.router(x.reshape(-1, shape[-1]).to(self.values.dtype))  # (tokens, heads, k)
+            y = weighted_bag(indices.flatten(1), weights.flatten(1), self.values)
+        return y.to(dtype).view(shape)
 
     def flops_per_token(self) -> int:
         # Retrieval, then the weighted sum of heads*k value rows.

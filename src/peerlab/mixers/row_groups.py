@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from peerlab.mixers.sparse_grads import GradMode, sparse_this_step
+
 
 class RowGroups:
     """The occurrences of each used table row: indices sorted once, shared by both table gradients."""
@@ -24,8 +26,9 @@ class RowGroups:
         return F.embedding_bag(self.tokens, vectors, self.offsets, mode="sum",
                                per_sample_weights=coefs.flatten()[self.order])
 
-    def as_grad(self, values: torch.Tensor, n_rows: int, sparse: bool) -> torch.Tensor:
-        if sparse:
+    def as_grad(self, values: torch.Tensor, n_rows: int, sparse: GradMode) -> torch.Tensor:
+        """The gradient of the whole ``(n_rows, d)`` table: sparse rows, or dense (see ``sparse_grads.py``)."""
+        if sparse_this_step(sparse, self.rows.numel(), n_rows):
             return torch.sparse_coo_tensor(self.rows.unsqueeze(0), values, (n_rows, values.shape[1]),
                                            is_coalesced=True, check_invariants=False)
         return values.new_zeros(n_rows, values.shape[1]).index_copy_(0, self.rows, values)

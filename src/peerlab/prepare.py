@@ -1,4 +1,4 @@
-"""Build the tokenizer and token cache once, before a sweep: ``python -m peerlab.data.prepare data=c4 data.path=...``.
+"""Build the tokenizer and token cache once, before a sweep: ``python -m peerlab.prepare data=c4 data.path=...``.
 
 Takes the same overrides as ``train.py`` (only ``data``, ``tokenizer`` and ``seed`` matter) and prints where the
 cache is, its token counts and the tokenization throughput. Every later run with the same data and tokenizer finds
@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def main(argv: list[str]) -> int:

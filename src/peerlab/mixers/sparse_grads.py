@@ -1,0 +1,69 @@
+"""Which gradients PEER's expert tables get (``layer.sparse_grads``): sparse rows, or dense N x d_model tables.
+
+Sparse row gradients pay when a step retrieves fewer rows than N: backward and the optimizer then touch only those
+rows (:class:`peerlab.optim.LazyAdamW`). They must also be reducible: DistributedDataParallel all-reduces sparse
+gradients through the process group, which only gloo implements; NCCL has no sparse all-reduce
+(pytorch/pytorch#22400). ``auto`` (the default) therefore chooses:
+
+| where | gradients |
+|---|---|
+| one process | sparse in a step that retrieves fewer than N rows, dense in a step that retrieves all N |
+| DDP on gloo | sparse (DDP fixes a parameter's kind when it wraps the model) |
+| DDP on NCCL or another backend (one process too) | dense; at the paper's batch (262k tokens x 128 retrievals, N = 1M) nearly every row is retrieved anyway |
+
+A dense and a sparse step give the same update when every row is retrieved. When some rows are not, LazyAdamW leaves
+them untouched under sparse gradients, while dense AdamW also moves them along their momentum (and their zero
+gradient); at the paper's scale the two coincide, on small runs they differ slightly (README, "Layers").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from peerlab.mixers.base import MixerConfigError
+
+GradMode = bool | Literal["auto"]
+MODES = (True, False, "auto")
+SPARSE_BACKENDS = ("gloo",)
+
+
+def check_mode(mode: object) -> GradMode:
+    if mode not in MODES or (mode is not True and mode is not False and mode != "auto"):
+        raise MixerConfigError(f"layer.sparse_grads={mode!r}: allowed: auto, true, false")
+    return mode  # type: ignore[return-value]
+
+
+def process_group() -> tuple[str | None, int]:
+    """``(backend, world size)`` of the default process group, ``(None, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return str(dist.get_backend()), dist.get_world_size()
+    return None, 1
+
+
+def resolve(mode: GradMode, backend: str | None, world: int) -> GradMode:
+    """``True`` (always sparse), ``False`` (always dense) or ``"auto"`` (per step: sparse when fewer than N rows
+    were retrieved), for a requested ``mode`` under a process group ``backend`` of ``world`` processes."""
+    if backend is None:  # no process group: nothing to reduce
+        return mode
+    # A process group exists (DDP wraps the model even with one process): its backend must reduce what we produce.
+    can_reduce = backend in SPARSE_BACKENDS
+    if mode is True and not can_reduce:
+        raise MixerConfigError(
+            f"layer.sparse_grads=true: the {backend!r} process group cannot all-reduce sparse gradients "
+            f"(pytorch/pytorch#22400; only {', '.join(SPARSE_BACKENDS)} can); use layer.sparse_grads=auto "
+            "(dense tables under this backend) or false")
+    if mode == "auto":
+        return can_reduce
+    return mode
+
+
+def sparse_this_step(mode: GradMode, rows_used: int, n_rows: int) -> bool:
+    """Whether a step's table gradients are sparse, given the resolved mode and the rows it retrieved."""
+    return rows_used < n_rows if mode == "auto" else bool(mode)
+
+
+def count_rows(indices: torch.Tensor) -> int:
+    return int(torch.unique(indices).numel())
