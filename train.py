@@ -4,13 +4,18 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from peerlab.allocator import reexec_with_tunables
 
-from peerlab.config import register_schema
-from peerlab.errors import USER_ERRORS
+if __name__ == "__main__":
+    reexec_with_tunables()  # before any tensor exists: freed blocks stay in the process (src/peerlab/allocator.py)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from peerlab.config import register_schema  # noqa: E402
+from peerlab.errors import USER_ERRORS  # noqa: E402
 
 register_schema()
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -69,11 +69,33 @@ TRAIN_STEPS: dict[str, Callable[[], Transformer]] = {
 }
 
 
+# The matched study's models (experiments/isoflop_cpu_matched.yaml) as it trains them: vocab 512, 16 x 128 tokens,
+# one thread per process; a matched sparse layer costs ~0.28x the FFW it replaces, so its model should train at
+# >= 0.8x its dense backbone's tokens/s.
+STUDY_BATCH, STUDY_SEQ, STUDY_VOCAB = 16, 128, 512
+STUDY_MODELS, STUDY_LAYERS = ("s2", "s4", "s6"), ("ffw", "peer_matched", "pkm_matched", "moe_matched")
+STUDY_STEPS = {f"study-{m}-{layer}": (m, layer) for m in STUDY_MODELS for layer in STUDY_LAYERS}
+
+
+def study_model(model_name: str, layer_name: str) -> Transformer:
+    from omegaconf import OmegaConf
+
+    from peerlab.builders import build_model
+    from peerlab.sizes import CONFIGS, load_layer
+
+    model_cfg = OmegaConf.load(CONFIGS / "model" / f"{model_name}.yaml")
+    return build_model(model_cfg, load_layer(layer_name), STUDY_VOCAB, STUDY_SEQ)
+
+
 def peer_factory(d_model: int, n_layer: int, n: int, **kwargs) -> PEER:
     return PEER(d_model, n_experts=n * n, heads=HEADS, k=K, d_key=D_KEY, n_layer=n_layer, impl="chunked", **kwargs)
 
 
-CASES = sorted([*LAYERS, *TRAIN_STEPS], key=lambda name: (name in TRAIN_STEPS, name))
+CASES = sorted([*LAYERS, *TRAIN_STEPS, *STUDY_STEPS], key=lambda name: (name in TRAIN_STEPS, name in STUDY_STEPS, name))
+
+
+def tokens_per_step(name: str) -> int:
+    return STUDY_BATCH * STUDY_SEQ if name in STUDY_STEPS else BATCH * SEQ
 
 
 def build(name: str) -> tuple[torch.nn.Module, Step]:
@@ -90,6 +112,10 @@ def build(name: str) -> tuple[torch.nn.Module, Step]:
             (layer(x) * probe).sum().backward()
 
         return layer, layer_step
+    if name in STUDY_STEPS:
+        torch.set_num_threads(1)  # the study runs two one-thread processes on two cores
+        model = study_model(*STUDY_STEPS[name]).train()
+        return model, train_step(model, torch.randint(0, STUDY_VOCAB, (STUDY_BATCH, STUDY_SEQ + 1), generator=g))
     model = TRAIN_STEPS[name]().train()
     return model, train_step(model, torch.randint(0, LM.vocab_size, (BATCH, SEQ + 1), generator=g))
 

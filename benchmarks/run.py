@@ -23,7 +23,22 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cases import BATCH, CASES, D_KEY, D_MODEL, HEADS, LAYERS, LM, SEQ, TRAIN_STEPS, K, build
+from benchmarks.cases import (
+    BATCH,
+    CASES,
+    D_KEY,
+    D_MODEL,
+    HEADS,
+    LAYERS,
+    LM,
+    SEQ,
+    STUDY_MODELS,
+    STUDY_STEPS,
+    TRAIN_STEPS,
+    K,
+    build,
+    tokens_per_step,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -86,6 +101,9 @@ def main() -> None:
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
+        from peerlab.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as train.py does
         print(json.dumps(measure_case(args.case, args.steps)))
         return
     names = args.only or CASES
@@ -111,7 +129,7 @@ def main() -> None:
         ms = 1e3 * statistics.median(res["times"])
         rows[n] = {"case": n, "median_ms": ms, "min_ms": 1e3 * min(res["times"]), "peak_mib": statistics.median(res["peaks"]),
                    "params": res["params"], "fwd_mflops_per_token": res["fwd_mflops_per_token"],
-                   "tokens_per_s": BATCH * SEQ / (ms / 1e3)}
+                   "tokens_per_s": tokens_per_step(n) / (ms / 1e3)}
         print(f"  {n:34s} {ms:9.1f} ms  {rows[n]['peak_mib']:8.0f} MiB", flush=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "d_model": D_MODEL, "tokens": BATCH * SEQ, "rounds": args.rounds, "steps": args.steps,
@@ -165,6 +183,16 @@ def markdown(rows: dict, meta: dict) -> str:
                           "tokens_per_s", at_most=False),
               ratio_check(rows, "tokens/s PEER 1024^2 model / dense backbone", "step-peer-1024^2", "step-dense", 0.8,
                           "tokens_per_s", at_most=False)]
+    lines += ["", "## The matched study's models (issue 12): vocab 512, 16 x 128 tokens, one thread, full optimizer steps",
+              "", "| model | layer | params | step ms (median) | tokens/s | x dense tokens/s |", "|---|---|---|---|---|---|"]
+    for n in sorted(set(rows) & set(STUDY_STEPS), key=list(STUDY_STEPS).index):
+        r, (m, layer) = rows[n], STUDY_STEPS[n]
+        dense = rows.get(f"study-{m}-ffw")
+        rel = f"{r['tokens_per_s'] / dense['tokens_per_s']:.2f}" if dense else "-"
+        lines.append(f"| {m} | {layer} | {r['params'] / 1e6:.2f}M | {r['median_ms']:.1f} | {r['tokens_per_s']:.0f} | {rel} |")
+    lines += ["", "## Targets (issue 12)", "", "| target | measured | limit | |", "|---|---|---|---|"]
+    lines += [ratio_check(rows, f"tokens/s {m} {layer} / dense", f"study-{m}-{layer}", f"study-{m}-ffw", 0.8, "tokens_per_s",
+                          at_most=False) for m in STUDY_MODELS for layer in ("peer_matched", "pkm_matched")]
     if meta["failed"]:
         lines += ["", "Failed cases: " + "; ".join(f"{k}: {v}" for k, v in meta["failed"].items())]
     return "\n".join(lines) + "\n"

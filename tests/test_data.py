@@ -111,3 +111,12 @@ def test_jsonl_needs_text_field(tmp_path):
     p.write_text('{"text": "fine"}\n{"body": "no text"}\n')
     with pytest.raises(corpora.CorpusError, match="x.jsonl:2 has no string field 'text'"):
         corpora.load_documents([], [p])
+
+
+def test_kjv_source_is_the_king_james_bible_by_chapter():
+    docs = corpora.load_documents(["kjv"])
+    assert len(docs) == 1189 and docs[0].source == "kjv"  # the chapters of the 66 books
+    assert docs[0].text.startswith("In the beginning God created the heaven and the earth.")
+    assert docs[-1].text.endswith("The grace of our Lord Jesus Christ be with you all. Amen.")
+    assert 4_000_000 < sum(len(d.text) for d in docs) < 4_300_000
+    assert not any("[" in d.text or "]" in d.text for d in docs)  # the translators' brackets are removed

@@ -137,10 +137,10 @@ def test_launcher_configs_compose(launcher, target, key, value):
 # PEER with sparse (row-wise) expert-table gradients, which DDP all-reduces apart from its dense buckets; LayerNorm
 # queries, because BatchNorm statistics over 4 tokens per rank differ from those over 8 in one process.
 PEER_DDP = ["layer=peer_small", "layer.n_experts=256", "layer.d_key=16", "layer.query_norm=layer",
-            "layer.sparse_grads=true"]
+            "layer.sparse_grads=auto"]
 
 
-@pytest.mark.parametrize("layer", [[], PEER_DDP], ids=["ffw", "peer-sparse-grads"])
+@pytest.mark.parametrize("layer", [[], PEER_DDP], ids=["ffw", "peer-auto-grads"])
 def test_ddp_two_cpu_processes_count_the_same_flops(tmp_path, cache_dir, layer):
     common = [*TINY, *layer, "budget=1.3e10", f"out_dir={tmp_path}", "logger=csv"]
     single = run_train(*common, "data.batch_size=8", "run_name=single", cwd=tmp_path)
@@ -160,6 +160,15 @@ def test_ddp_two_cpu_processes_count_the_same_flops(tmp_path, cache_dir, layer):
 
     assert last_flops("single") == last_flops("ddp") == pytest.approx(a["flops"])
     assert abs(a["final_val_loss"] - b["final_val_loss"]) < 0.05  # same data and batch, different reduction order
+    if layer:
+        # sparse_grads=auto: per-step in one process, sparse rows under gloo, exactly what forcing true trains.
+        assert a["expert_grads"] == {"block0": "sparse row gradients (dense in a step that retrieves all N rows)"}
+        assert b["expert_grads"] == {"block0": "sparse row gradients"}
+        forced = run_train(*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4",
+                           "layer.sparse_grads=true", "run_name=ddp-true", cwd=tmp_path, timeout=900)
+        assert forced.returncode == 0, forced.stderr[-3000:]
+        c = json.loads((tmp_path / "ddp-true" / "results.json").read_text())
+        assert c["final_val_loss"] == b["final_val_loss"]
 
 
 @pytest.mark.parametrize("sweep_file", sorted(p.stem for p in (CONFIGS.parent / "experiments").glob("*.yaml")))
@@ -167,3 +176,32 @@ def test_committed_sweep_files_compose(sweep_file, tmp_path):
     proc = run_train("-cd", str(CONFIGS.parent / "experiments"), "-cn", sweep_file, "--cfg", "all", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sweeper:" in proc.stdout and "params:" in proc.stdout
+
+
+def test_power_laws_gaps_and_crossing_from_known_optima():
+    from peerlab.analysis.scaling import fit_power_laws, gaps_to
+    from peerlab.analysis.tables import scaling_table
+
+    budgets = [1e12, 1e13, 1e14]
+    runs = []
+    # dense: 10 C^-0.05; sparse: 12 C^-0.06, which crosses dense where 12/10 = C^0.01, at C = 1.2^100 = 8.28e7.
+    for method, a, alpha in [("ffw", 10.0, 0.05), ("peer", 12.0, 0.06)]:
+        for b in budgets:
+            best = a * b ** (-alpha)
+            runs += [Run(Path("."), method, b, 10.0**x, best + 0.3 * (x - 7) ** 2, 0, {}) for x in (6, 7, 8)]
+    opts = [fit_optimum(m, b, [r for r in runs if r.method == m and r.budget == b]) for m in ("ffw", "peer") for b in budgets]
+    assert all(o.interior for o in opts)
+    laws = fit_power_laws(opts)
+    assert laws["ffw"].alpha == pytest.approx(0.05, rel=1e-6) and laws["peer"].a == pytest.approx(12.0, rel=1e-6)
+    (gap,) = gaps_to(laws)
+    assert gap.method == "peer" and gap.gaps == pytest.approx([12 * b ** -0.06 - 10 * b ** -0.05 for b in budgets])
+    assert gap.slope_per_decade < 0 and gap.crossing_budget == pytest.approx(1.2**100, rel=1e-6)
+    assert not gap.crossing_inside
+    assert "| peer | 1e12: " in scaling_table(laws, [gap])
+
+
+def test_seed_spread_is_reported_at_the_size_nearest_the_optimum():
+    runs = [Run(Path("."), "ffw", 1e12, 10.0**x, 1.0 + 0.1 * (x - 1) ** 2 + d, s, {})
+            for x in (0, 1, 2) for s, d in enumerate((0.0, 0.02, -0.02) if x == 1 else (0.0,))]
+    o = fit_optimum("ffw", 1e12, runs)
+    assert o.seeds == [1, 3, 1] and o.best_index == 1 and o.seed_std == pytest.approx(0.02)

@@ -17,6 +17,7 @@ from pathlib import Path
 from peerlab.analysis import figures, tables
 from peerlab.analysis.collect import collect
 from peerlab.analysis.isoflop import optima
+from peerlab.analysis.scaling import fit_power_laws, gaps_to
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "optima.json").write_text(json.dumps([asdict(o) for o in opts], indent=2))
         figures.isoflop_curves(runs, opts, args.out / "isoflop.png")
         figures.loss_vs_flops(runs, opts, args.out / "loss_vs_flops.png")
-        written += ["table1.md", "optima.json", "isoflop.png", "loss_vs_flops.png"]
+        laws = fit_power_laws(opts)
+        (args.out / "scaling.md").write_text(tables.scaling_table(laws, gaps_to(laws)) + "\n")
+        (args.out / "equal_tokens.md").write_text(tables.equal_tokens_table(runs) + "\n")
+        written += ["table1.md", "optima.json", "isoflop.png", "loss_vs_flops.png", "scaling.md", "equal_tokens.md"]
     (args.out / "runs.md").write_text(tables.runs_table(runs) + "\n")
     written.append("runs.md")
     print(f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in skipped.items()) or 'none'} skipped); wrote "

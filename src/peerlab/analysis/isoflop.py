@@ -25,6 +25,17 @@ class Optimum:
     size_std_log10: float | None
     loss_std: float | None
     interior: bool  # the vertex lies inside the sampled sizes
+    spreads: list[float | None] | None = None  # seed standard deviation per size (None: one seed)
+
+    @property
+    def best_index(self) -> int:
+        """The sampled size nearest the optimum (in log size)."""
+        return int(np.argmin([abs(math.log(s / self.size)) for s in self.sizes]))
+
+    @property
+    def seed_std(self) -> float | None:
+        """Seed standard deviation at the sampled size nearest the optimum, when it ran several seeds."""
+        return self.spreads[self.best_index] if self.spreads else None
 
     @property
     def ppl(self) -> float:
@@ -83,8 +94,9 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
             ls.append(bl)
         if len(xs) >= 10:
             size_std, loss_std = float(np.std(xs)), float(np.std(ls))
+    spreads = [float(np.std(by_size[s], ddof=1)) if len(by_size[s]) > 1 else None for s in sizes]
     return Optimum(method, budget, sizes, y.tolist(), [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
-                   size_std, loss_std, interior)
+                   size_std, loss_std, interior, spreads)
 
 
 def optima(runs: list[Run]) -> list[Optimum]:

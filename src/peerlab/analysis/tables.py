@@ -16,14 +16,55 @@ def _pm(value: float | None, fmt: str) -> str:
 
 def table1(opts: list[Optimum]) -> str:
     lines = [
-        "| budget | method | optimal loss | ppl | optimal size | sizes (runs) | bracketed |",
-        "|---|---|---|---|---|---|---|",
+        "| budget | method | optimal loss | ppl | seed std at the nearest size (seeds) | optimal size | sizes (runs) | bracketed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for o in opts:
         sizes = ", ".join(f"{s / 1e6:.2g}M ({n})" for s, n in zip(o.sizes, o.seeds, strict=True))
         size_pm = "" if o.size_std_log10 is None else f" (±{o.size_std_log10:.2f} dex)"
-        lines.append(f"| {sci(o.budget)} | {o.method} | {o.loss:.4f}{_pm(o.loss_std, '.4f')} | {o.ppl:.2f} | "
+        spread = "-" if o.seed_std is None else f"{o.seed_std:.4f} ({o.seeds[o.best_index]})"
+        lines.append(f"| {sci(o.budget)} | {o.method} | {o.loss:.4f}{_pm(o.loss_std, '.4f')} | {o.ppl:.2f} | {spread} | "
                      f"{o.size / 1e6:.3g}M{size_pm} | {sizes} | {'yes' if o.interior else 'no: best observed'} |")
+    return "\n".join(lines)
+
+
+def scaling_table(laws: dict, gaps: list) -> str:
+    """Per method the fitted power law of optimal loss against budget, and its gap to dense with the trend."""
+    lines = ["| method | loss = a C^-alpha: a | alpha | optima (bracketed) |", "|---|---|---|---|"]
+    for method, law in sorted(laws.items()):
+        optima = ", ".join(f"{sci(b)}: {v:.4f}{'' if ok else '*'}" for b, v, ok in zip(law.budgets, law.losses, law.bracketed, strict=True))
+        a = "-" if law.a is None else f"{law.a:.4g}"
+        alpha = "-" if law.alpha is None else f"{law.alpha:.4f}"
+        lines.append(f"| {method} | {a} | {alpha} | {optima} |")
+    lines += ["", "\\* best observed size, not a bracketed optimum.", "",
+              "| method | gap to dense per budget (nats) | gap trend per decade of budget | fitted laws cross at |",
+              "|---|---|---|---|"]
+    for g in gaps:
+        per = ", ".join(f"{sci(b)}: {v:+.4f}" for b, v in zip(g.budgets, g.gaps, strict=True))
+        trend = "-" if g.slope_per_decade is None else f"{g.slope_per_decade:+.4f}"
+        cross = "do not cross" if g.crossing_budget is None else (
+            f"{g.crossing_budget:.3g} FLOPs ({'inside' if g.crossing_inside else 'outside: an extrapolation beyond'} the budgets run)")
+        lines.append(f"| {g.method} | {per} | {trend} | {cross} |")
+    return "\n".join(lines)
+
+
+def equal_tokens_table(runs: list[Run], base: str = "ffw", tolerance: float = 0.1) -> str:
+    """Methods compared at (nearly) equal training tokens and the same model size and seed: each run of another
+    method against the dense run of that size whose token count is closest, when within ``tolerance``."""
+    dense = [r for r in runs if r.method == base]
+    lines = [f"| size | seed | method | budget | tokens | loss | {base} budget | {base} tokens | {base} loss | difference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r.params, r.method, r.budget, r.seed)):
+        if r.method == base:
+            continue
+        peers = [d for d in dense if d.params == r.params and d.seed == r.seed]
+        if not peers:
+            continue
+        d = min(peers, key=lambda d: abs(d.results["tokens"] / r.results["tokens"] - 1))
+        if abs(d.results["tokens"] / r.results["tokens"] - 1) > tolerance:
+            continue
+        lines.append(f"| {r.params / 1e6:.3g}M | {r.seed} | {r.method} | {sci(r.budget)} | {r.results['tokens'] / 1e6:.3g}M | "
+                     f"{r.loss:.4f} | {sci(d.budget)} | {d.results['tokens'] / 1e6:.3g}M | {d.loss:.4f} | {r.loss - d.loss:+.4f} |")
     return "\n".join(lines)
 
 

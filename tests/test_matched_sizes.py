@@ -1,0 +1,55 @@
+"""The matched rule (mixers/matched_sizes.py) at every width of the matched study's grid: PEER and PKM cost at most
+0.5x the forward FLOPs of the FFW they replace and hold at least 10x its parameters; MoE holds at least 10x at the
+FFW's FLOPs. At d_model 1024 the rule is the paper's setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONFIGS
+from peerlab.builders import build_model, mixer_factory
+from peerlab.mixers.ffw import FeedForward
+from peerlab.mixers.matched_sizes import matched_sizes
+from peerlab.sizes import load_layer
+
+SWEEP = OmegaConf.load(CONFIGS.parent / "experiments" / "isoflop_cpu_matched.yaml")
+GRID = str(SWEEP.hydra.sweeper.params.model).split(",")
+LAYERS = str(SWEEP.hydra.sweeper.params.layer).split(",")
+
+
+def _sparse_and_ffw(model_name: str, layer_name: str):
+    model_cfg = OmegaConf.load(CONFIGS / "model" / f"{model_name}.yaml")
+    with torch.device("meta"):
+        model = build_model(model_cfg, load_layer(layer_name), vocab_size=512, seq_len=128)
+        ffw = FeedForward(model.shape.d_model, hidden_mult=model_cfg.ffw_mult)
+    (block,) = model.sparse_blocks
+    return model.blocks[block].mixer, ffw
+
+
+@pytest.mark.parametrize("model_name", GRID)
+@pytest.mark.parametrize("layer_name", [name for name in LAYERS if name != "ffw"])
+def test_every_grid_size_keeps_the_cost_structure(model_name, layer_name):
+    sparse, ffw = _sparse_and_ffw(model_name, layer_name)
+    flops = sparse.flops_per_token() / ffw.flops_per_token()
+    params = sum(p.numel() for p in sparse.parameters()) / sum(p.numel() for p in ffw.parameters())
+    assert params >= 10, (model_name, layer_name, params)
+    if layer_name.startswith("moe"):
+        assert 1.0 <= flops <= 1.1, (model_name, flops)  # the FFW's FLOPs plus the router
+    else:
+        assert flops <= 0.5, (model_name, layer_name, flops)
+
+
+def test_the_rule_is_the_papers_setting_at_d_model_1024():
+    peer, pkm = matched_sizes(1024, "peer"), matched_sizes(1024, "pkm")
+    assert (peer.n_keys, peer.heads, peer.k, peer.d_key) == (1024**2, 8, 16, 128)
+    assert (pkm.n_keys, pkm.heads, pkm.k, pkm.d_key) == (1024**2, 8, 32, 128)
+
+
+def test_explicit_sizes_override_the_rule():
+    layer = OmegaConf.merge(load_layer("peer_matched"), {"n_experts": 100 * 100})
+    with torch.device("meta"):
+        peer = mixer_factory(layer)(d_model=64, n_layer=4)
+    rule = matched_sizes(64)
+    assert (peer.n_experts, peer.heads, peer.k, peer.router.d_key) == (100 * 100, rule.heads, rule.k, rule.d_key)
