@@ -116,3 +116,20 @@ def test_peer_training_step_leaves_unretrieved_expert_rows_untouched():
     used[indices.flatten()] = True
     changed = (layer.up.weight != before).any(dim=1)
     assert torch.equal(changed, used)  # exactly the retrieved rows moved
+
+
+def test_product_keys_get_their_own_group_with_the_models_settings_unless_overridden():
+    from peerlab.lit_module import LanguageModel
+
+    model = {"name": "t", "depth": 2, "aspect_ratio": 16, "head_dim": 16, "d_model": None, "ffw_mult": 4.0,
+             "activation": "gelu", "sparse_blocks": "middle"}
+    layer = {"_target_": "peerlab.mixers.peer.PEER", "n_experts": 64, "heads": 2, "k": 2, "d_key": 8}
+    optim = {"lr": 2e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "warmup_fraction": 0.05,
+             "min_lr_ratio": 0.1, "groups": {"peer_experts": {"weight_decay": 0.0}}}
+    for overrides, want_wd, want_lr in [({}, 0.1, 2e-3), ({"weight_decay": 0.0, "lr": 5e-4}, 0.0, 5e-4)]:
+        groups = {**optim["groups"], "product_keys": overrides}
+        module = LanguageModel(model, layer, {**optim, "groups": groups}, 64, 8, 8, 10, 1e9)
+        opt = module.configure_optimizers()["optimizer"]
+        (keys,) = [g for g in opt.param_groups if g["name"] == "product_keys"]
+        assert keys["params"] == [module.model.mixers[0].router.keys]
+        assert keys["weight_decay"] == want_wd and keys["initial_lr"] == want_lr

@@ -138,4 +138,4 @@ class PEER(Mixer):
         return self.router.usage_stats()
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"peer_experts": [self.down.weight, self.up.weight]}
+        return {"peer_experts": [self.down.weight, self.up.weight], "product_keys": [self.router.keys]}

@@ -62,4 +62,4 @@ class PKM(Mixer):
         return self.router.usage_stats()
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"pkm_values": [self.values]}
+        return {"pkm_values": [self.values], "product_keys": [self.router.keys]}
