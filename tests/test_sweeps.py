@@ -205,3 +205,19 @@ def test_seed_spread_is_reported_at_the_size_nearest_the_optimum():
             for x in (0, 1, 2) for s, d in enumerate((0.0, 0.02, -0.02) if x == 1 else (0.0,))]
     o = fit_optimum("ffw", 1e12, runs)
     assert o.seeds == [1, 3, 1] and o.best_index == 1 and o.seed_std == pytest.approx(0.02)
+
+
+def test_gap_in_seed_standard_deviations():
+    from peerlab.analysis.scaling import fit_power_laws, gaps_to
+
+    runs = []
+    for method, base, spread in [("ffw", 1.0, 0.03), ("peer", 0.9, 0.04)]:
+        for x in (0, 2):
+            runs.append(Run(Path("."), method, 1e12, 10.0**x, base + 0.5, 0, {}))
+        runs += [Run(Path("."), method, 1e12, 10.0, base + d, s, {}) for s, d in enumerate((-spread, 0.0, spread))]
+    opts = [fit_optimum(m, 1e12, [r for r in runs if r.method == m]) for m in ("ffw", "peer")]
+    assert [o.seed_std for o in opts] == pytest.approx([0.03, 0.04])
+    (gap,) = gaps_to(fit_power_laws(opts))
+    # best observed sizes are the seeded ones: gap -0.1 over the spread of the difference, hypot(0.03, 0.04) = 0.05
+    assert not opts[0].interior or gap.gaps[0] == pytest.approx(opts[1].loss - opts[0].loss)
+    assert gap.z[0] == pytest.approx(gap.gaps[0] / 0.05)

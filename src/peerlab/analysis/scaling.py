@@ -22,6 +22,7 @@ class PowerLaw:
     budgets: list[float]
     losses: list[float]
     bracketed: list[bool]
+    seed_stds: list[float | None]  # seed standard deviation at the size nearest each optimum
     a: float | None
     alpha: float | None  # loss = a * C^-alpha
 
@@ -34,6 +35,7 @@ class Gap:
     method: str
     budgets: list[float]
     gaps: list[float]  # method's optimal loss - dense's, per budget (negative: the method wins)
+    z: list[float | None]  # gap / sqrt(std_method^2 + std_dense^2), the two seed spreads, when both were measured
     slope_per_decade: float | None
     crossing_budget: float | None  # where the fitted laws meet
     crossing_inside: bool
@@ -50,7 +52,7 @@ def fit_power_laws(opts: list[Optimum]) -> dict[str, PowerLaw]:
         if len(os_) >= 2:
             slope, intercept = np.polyfit(np.log10(budgets), np.log10(losses), 1)
             a, alpha = float(10**intercept), float(-slope)
-        laws[method] = PowerLaw(method, budgets, losses, [o.interior for o in os_], a, alpha)
+        laws[method] = PowerLaw(method, budgets, losses, [o.interior for o in os_], [o.seed_std for o in os_], a, alpha)
     return laws
 
 
@@ -64,6 +66,10 @@ def gaps_to(laws: dict[str, PowerLaw], base: str = "ffw") -> list[Gap]:
             continue
         common = [b for b in law.budgets if b in ref.budgets]
         gaps = [law.losses[law.budgets.index(b)] - ref.losses[ref.budgets.index(b)] for b in common]
+        z = []
+        for b, gap in zip(common, gaps, strict=True):
+            sm, sd = law.seed_stds[law.budgets.index(b)], ref.seed_stds[ref.budgets.index(b)]
+            z.append(gap / math.hypot(sm, sd) if sm is not None and sd is not None and math.hypot(sm, sd) > 0 else None)
         slope = float(np.polyfit(np.log10(common), gaps, 1)[0]) if len(common) >= 2 else None
         crossing, inside = None, False
         if law.alpha is not None and ref.alpha is not None and not math.isclose(law.alpha, ref.alpha):
@@ -71,5 +77,5 @@ def gaps_to(laws: dict[str, PowerLaw], base: str = "ffw") -> list[Gap]:
             if -30 < log_c < 60:
                 crossing = 10**log_c
                 inside = min(common) <= crossing <= max(common) if common else False
-        out.append(Gap(method, common, gaps, slope, crossing, inside))
+        out.append(Gap(method, common, gaps, z, slope, crossing, inside))
     return out

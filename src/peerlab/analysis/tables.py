@@ -37,10 +37,11 @@ def scaling_table(laws: dict, gaps: list) -> str:
         alpha = "-" if law.alpha is None else f"{law.alpha:.4f}"
         lines.append(f"| {method} | {a} | {alpha} | {optima} |")
     lines += ["", "\\* best observed size, not a bracketed optimum.", "",
-              "| method | gap to dense per budget (nats) | gap trend per decade of budget | fitted laws cross at |",
+              "| method | gap to dense per budget (nats; in seed standard deviations of the difference) | gap trend per decade of budget | fitted laws cross at |",
               "|---|---|---|---|"]
     for g in gaps:
-        per = ", ".join(f"{sci(b)}: {v:+.4f}" for b, v in zip(g.budgets, g.gaps, strict=True))
+        per = ", ".join(f"{sci(b)}: {v:+.4f}" + ("" if z is None else f" ({z:+.1f} sd)")
+                        for b, v, z in zip(g.budgets, g.gaps, g.z, strict=True))
         trend = "-" if g.slope_per_decade is None else f"{g.slope_per_decade:+.4f}"
         cross = "do not cross" if g.crossing_budget is None else (
             f"{g.crossing_budget:.3g} FLOPs ({'inside' if g.crossing_inside else 'outside: an extrapolation beyond'} the budgets run)")
