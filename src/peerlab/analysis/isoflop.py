@@ -26,6 +26,7 @@ class Optimum:
     loss_std: float | None
     interior: bool  # the vertex lies inside the sampled sizes
     spreads: list[float | None] | None = None  # seed standard deviation per size (None: one seed)
+    epochs: list[float] | None = None  # passes over the training data per size (mean over seeds)
 
     @property
     def best_index(self) -> int:
@@ -95,8 +96,9 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
         if len(xs) >= 10:
             size_std, loss_std = float(np.std(xs)), float(np.std(ls))
     spreads = [float(np.std(by_size[s], ddof=1)) if len(by_size[s]) > 1 else None for s in sizes]
+    epochs = [float(np.mean([r.results.get("epochs", float("nan")) for r in runs if r.params == s])) for s in sizes]
     return Optimum(method, budget, sizes, y.tolist(), [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
-                   size_std, loss_std, interior, spreads)
+                   size_std, loss_std, interior, spreads, epochs)
 
 
 def optima(runs: list[Run]) -> list[Optimum]:

@@ -16,15 +16,16 @@ def _pm(value: float | None, fmt: str) -> str:
 
 def table1(opts: list[Optimum]) -> str:
     lines = [
-        "| budget | method | optimal loss | ppl | seed std at the nearest size (seeds) | optimal size | sizes (runs) | bracketed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| budget | method | optimal loss | ppl | seed std at the nearest size (seeds) | optimal size | epochs there | sizes (runs) | bracketed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for o in opts:
         sizes = ", ".join(f"{s / 1e6:.2g}M ({n})" for s, n in zip(o.sizes, o.seeds, strict=True))
         size_pm = "" if o.size_std_log10 is None else f" (±{o.size_std_log10:.2f} dex)"
         spread = "-" if o.seed_std is None else f"{o.seed_std:.4f} ({o.seeds[o.best_index]})"
+        epochs = "-" if not o.epochs or math.isnan(o.epochs[o.best_index]) else f"{o.epochs[o.best_index]:.2f}"
         lines.append(f"| {sci(o.budget)} | {o.method} | {o.loss:.4f}{_pm(o.loss_std, '.4f')} | {o.ppl:.2f} | {spread} | "
-                     f"{o.size / 1e6:.3g}M{size_pm} | {sizes} | {'yes' if o.interior else 'no: best observed'} |")
+                     f"{o.size / 1e6:.3g}M{size_pm} | {epochs} | {sizes} | {'yes' if o.interior else 'no: best observed'} |")
     return "\n".join(lines)
 
 
