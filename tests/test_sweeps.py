@@ -113,7 +113,7 @@ def test_parabola_fit_recovers_a_known_optimum():
     assert 0 < o.loss_std < 0.01 and 0 < o.size_std_log10 < 0.05
     below = [r for r in runs if r.params < 10**7.1]  # three sizes, all below the optimum at 10^7.2
     edge = fit_optimum("peer", 1e19, below)
-    assert edge.coef is not None and not edge.interior  # vertex outside the grid: reported as best observed
+    assert not edge.interior  # the best size is the grid edge: reported as best observed, no parabola through it
     assert edge.size == pytest.approx(max(r.params for r in below))
     assert edge.loss_std is None and edge.size_std_log10 is None
 
@@ -221,3 +221,14 @@ def test_gap_in_seed_standard_deviations():
     # best observed sizes are the seeded ones: gap -0.1 over the spread of the difference, hypot(0.03, 0.04) = 0.05
     assert not opts[0].interior or gap.gaps[0] == pytest.approx(opts[1].loss - opts[0].loss)
     assert gap.z[0] == pytest.approx(gap.gaps[0] / 0.05)
+
+
+def test_the_parabola_is_fitted_near_the_best_size_only():
+    # Loss rises gently below the optimum and steeply above it (as in the matched study); a parabola through all
+    # six sizes would put its vertex above the best observed loss. The local fit goes through the best size.
+    xs = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    ys = [1.10, 1.00, 1.05, 1.30, 1.70, 2.30]
+    runs = [Run(Path("."), "ffw", 1e12, 10.0**x, y, 0, {}) for x, y in zip(xs, ys, strict=True)]
+    o = fit_optimum("ffw", 1e12, runs)
+    assert o.interior and o.loss <= 1.00 and 10**0.0 < o.size < 10**0.4
+    assert o.losses == ys  # every size is still reported

@@ -1,5 +1,6 @@
-"""Chinchilla approach 2: per budget and method, a parabola of final loss in log(size); its vertex is the
-compute-optimal size and loss. Uncertainty by bootstrap over the runs (seeds of one size are averaged first)."""
+"""Chinchilla approach 2: per budget and method, a parabola of final loss in log(size) through the best observed
+size and its neighbour on each side; its vertex is the compute-optimal size and loss. Uncertainty by bootstrap over
+those runs (seeds of one size are averaged first)."""
 
 from __future__ import annotations
 
@@ -69,16 +70,34 @@ def _means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array([y[x == v].mean() for v in np.unique(x)])
 
 
-def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 1000, seed: int = 0) -> Optimum:
+def local_window(runs: list[Run], neighbours: int = 1) -> list[Run]:
+    """The runs of the best observed size (lowest mean loss) and of ``neighbours`` sizes on each side of it: the
+    parabola describes the loss near its minimum, not a grid spanning more than a decade, where the loss rises
+    far more steeply on the large side than on the small one."""
     by_size: dict[float, list[float]] = defaultdict(list)
     for r in runs:
         by_size[r.params].append(r.loss)
     sizes = sorted(by_size)
+    best = min(range(len(sizes)), key=lambda i: float(np.mean(by_size[sizes[i]])))
+    keep = set(sizes[max(0, best - neighbours) : best + neighbours + 1])
+    return [r for r in runs if r.params in keep]
+
+
+def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 1000, seed: int = 0) -> Optimum:
+    all_runs = runs
+    runs = local_window(runs)
+    by_size: dict[float, list[float]] = defaultdict(list)
+    for r in all_runs:
+        by_size[r.params].append(r.loss)
+    sizes = sorted(by_size)
+    # Fit on the window around the best size; report every size (with its mean, seeds, spread and epochs).
     pts_x = np.log10(np.array([r.params for r in runs]))
     pts_y = np.array([r.loss for r in runs])
     x, y = np.unique(pts_x), _means(pts_x, pts_y)  # one point per size: the mean over its seeds
     coef = _fit(x, y)
     xv, lv, interior = _vertex(coef, x, y)
+    all_x = np.log10(np.array([r.params for r in all_runs]))
+    all_y = _means(all_x, np.array([r.loss for r in all_runs]))
     size_std = loss_std = None
     # An unbracketed "optimum" is a grid edge, and three runs fit a parabola exactly: no uncertainty to speak of.
     if coef is not None and interior and len(runs) > 3:
@@ -96,8 +115,8 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
         if len(xs) >= 10:
             size_std, loss_std = float(np.std(xs)), float(np.std(ls))
     spreads = [float(np.std(by_size[s], ddof=1)) if len(by_size[s]) > 1 else None for s in sizes]
-    epochs = [float(np.mean([r.results.get("epochs", float("nan")) for r in runs if r.params == s])) for s in sizes]
-    return Optimum(method, budget, sizes, y.tolist(), [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
+    epochs = [float(np.mean([r.results.get("epochs", float("nan")) for r in all_runs if r.params == s])) for s in sizes]
+    return Optimum(method, budget, sizes, all_y.tolist(), [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
                    size_std, loss_std, interior, spreads, epochs)
 
 
