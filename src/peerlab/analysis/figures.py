@@ -32,7 +32,10 @@ def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:
             pts = [(r.params, r.loss) for r in runs if r.method == o.method and r.budget == budget]
             ax.scatter([p for p, _ in pts], [loss for _, loss in pts], color=color, marker=marker, label=o.method, alpha=0.8)
             if o.coef is not None:
-                xs = np.linspace(np.log10(min(o.sizes)), np.log10(max(o.sizes)), 100)
+                # the parabola only where it was fitted: the best size and its neighbours (isoflop.local_window)
+                best = int(np.argmin(o.losses))
+                window = o.sizes[max(0, best - 1) : best + 2]
+                xs = np.linspace(np.log10(min(window)), np.log10(max(window)), 100)
                 ax.plot(10**xs, np.polyval(o.coef, xs), color=color, lw=1)
             ax.scatter([o.size], [o.loss], color=color, marker="*", s=150, edgecolor="k", zorder=5)
         ax.set_xscale("log")

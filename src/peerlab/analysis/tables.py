@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 
 from peerlab.analysis.collect import Run
@@ -75,7 +76,8 @@ def ablation_table(runs: list[Run], key: str, series: str | None = None) -> str:
     rows: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
         rows[(r.config_value(series) if series else "", r.config_value(key))].append(r)
-    head = f"| {series or ''} | {key} | runs | ppl | expert usage | unevenness |" if series else f"| {key} | runs | ppl | expert usage | unevenness |"
+    cols = "runs | ppl | expert usage | unevenness | loss (seed std) |"
+    head = f"| {series or ''} | {key} | {cols}" if series else f"| {key} | {cols}"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for (s, k), rs in sorted(rows.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] if kv[0][1] is not None else 0)):
         loss = sum(r.loss for r in rs) / len(rs)
@@ -84,7 +86,9 @@ def ablation_table(runs: list[Run], key: str, series: str | None = None) -> str:
         fmt = lambda v: f"{100 * sum(v) / len(v):.1f}%" if None not in v else "-"  # noqa: E731
         fmt_u = lambda v: f"{sum(v) / len(v):.3f}" if None not in v else "-"  # noqa: E731
         cells = [str(s)] if series else []
-        lines.append("| " + " | ".join([*cells, str(k), str(len(rs)), f"{math.exp(loss):.2f}", fmt(usage), fmt_u(uneven)]) + " |")
+        spread = f" ({statistics.stdev([r.loss for r in rs]):.4f})" if len(rs) > 1 else ""
+        lines.append("| " + " | ".join([*cells, str(k), str(len(rs)), f"{math.exp(loss):.2f}", fmt(usage), fmt_u(uneven),
+                                        f"{loss:.4f}{spread}"]) + " |")
     return "\n".join(lines)
 
 
