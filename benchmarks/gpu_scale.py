@@ -211,6 +211,7 @@ def grid_cost(args: argparse.Namespace, report: dict) -> None:
 
     from peerlab.builders import build_model
     from peerlab.flops import flops_breakdown
+    from peerlab.sizes import load_layer
 
     sweep = OmegaConf.load(ROOT / "experiments" / "isoflop_paper.yaml")
     params = sweep.hydra.sweeper.params
@@ -223,7 +224,7 @@ def grid_cost(args: argparse.Namespace, report: dict) -> None:
         model_cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{model_name}.yaml")
         d_model = model_cfg.d_model or model_cfg.depth * model_cfg.aspect_ratio
         for layer_name in layers:
-            layer_cfg = OmegaConf.load(ROOT / "configs" / "layer" / f"{layer_name}.yaml")
+            layer_cfg = load_layer(layer_name)
             with torch.device("meta"):
                 flops = flops_breakdown(build_model(model_cfg, layer_cfg, 50257, seq)).train
             kind = LAYER_KIND[layer_name]

@@ -24,19 +24,19 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-MMAP_THRESHOLDS = (1 << 30, 32 * 1024 * 1024)  # blocks up to this size come from the heap and stay once freed
-TRIM_THRESHOLD = 1 << 30
+THRESHOLD = 1 << 30  # blocks up to this size come from the heap and stay there once freed; trim past it
+FALLBACK_MMAP_THRESHOLD = 32 * 1024 * 1024  # what glibc builds that refuse larger thresholds accept
+TUNABLES = {"MALLOC_MMAP_THRESHOLD_": str(THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(THRESHOLD)}
 
 
-TUNABLES = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+def _enabled() -> bool:
+    return sys.platform.startswith("linux") and os.environ.get("PEERLAB_MALLOPT", "1") != "0"
 
 
 def reexec_with_tunables() -> None:
     """Re-execute this process once with glibc's malloc thresholds in the environment (no-op when they are set,
     when ``PEERLAB_MALLOPT=0``, or off Linux). Call first thing in an entry point's ``__main__``."""
-    if not sys.platform.startswith("linux") or os.environ.get("PEERLAB_MALLOPT", "1") == "0":
-        return
-    if all(key in os.environ for key in TUNABLES):
+    if not _enabled() or all(key in os.environ for key in TUNABLES):
         return
     for key, value in TUNABLES.items():
         os.environ.setdefault(key, value)
@@ -44,8 +44,9 @@ def reexec_with_tunables() -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Set both thresholds; ``True`` when glibc took them. Call as early as possible (entry points do)."""
-    if not sys.platform.startswith("linux") or os.environ.get("PEERLAB_MALLOPT", "1") == "0":
+    """Set both thresholds in this running process; ``True`` when glibc took them (used by the benchmarks, whose
+    case processes are not started through an entry point)."""
+    if not _enabled():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -53,5 +54,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    mmap_set = any(mallopt(M_MMAP_THRESHOLD, value) for value in MMAP_THRESHOLDS)
-    return mmap_set and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = any(mallopt(M_MMAP_THRESHOLD, value) for value in (THRESHOLD, FALLBACK_MMAP_THRESHOLD))
+    return mmap_set and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD))

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from peerlab.analysis.collect import Run  # noqa: E402
-from peerlab.analysis.isoflop import Optimum  # noqa: E402
+from peerlab.analysis.isoflop import Optimum, fit_window  # noqa: E402
 from peerlab.config import sci  # noqa: E402
 
 STYLE = {"ffw": ("black", "o"), "moe": ("tab:blue", "s"), "pkm": ("tab:green", "^"), "peer": ("tab:red", "D")}
@@ -32,9 +32,7 @@ def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:
             pts = [(r.params, r.loss) for r in runs if r.method == o.method and r.budget == budget]
             ax.scatter([p for p, _ in pts], [loss for _, loss in pts], color=color, marker=marker, label=o.method, alpha=0.8)
             if o.coef is not None:
-                # the parabola only where it was fitted: the best size and its neighbours (isoflop.local_window)
-                best = int(np.argmin(o.losses))
-                window = o.sizes[max(0, best - 1) : best + 2]
+                window = o.sizes[fit_window(o.losses)]  # the parabola only where it was fitted
                 xs = np.linspace(np.log10(min(window)), np.log10(max(window)), 100)
                 ax.plot(10**xs, np.polyval(o.coef, xs), color=color, lw=1)
             ax.scatter([o.size], [o.loss], color=color, marker="*", s=150, edgecolor="k", zorder=5)

@@ -70,42 +70,36 @@ def _means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array([y[x == v].mean() for v in np.unique(x)])
 
 
-def local_window(runs: list[Run], neighbours: int = 1) -> list[Run]:
-    """The runs of the best observed size (lowest mean loss) and of ``neighbours`` sizes on each side of it: the
-    parabola describes the loss near its minimum, not a grid spanning more than a decade, where the loss rises
-    far more steeply on the large side than on the small one."""
-    by_size: dict[float, list[float]] = defaultdict(list)
-    for r in runs:
-        by_size[r.params].append(r.loss)
-    sizes = sorted(by_size)
-    best = min(range(len(sizes)), key=lambda i: float(np.mean(by_size[sizes[i]])))
-    keep = set(sizes[max(0, best - neighbours) : best + neighbours + 1])
-    return [r for r in runs if r.params in keep]
+def fit_window(means: list[float], neighbours: int = 1) -> slice:
+    """The sizes (sorted ascending, with these mean losses) that the parabola is fitted through: the best observed
+    one and ``neighbours`` on each side. The parabola describes the loss near its minimum, not a grid spanning more
+    than a decade, where the loss rises far more steeply on the large side than on the small one."""
+    best = int(np.argmin(means))
+    return slice(max(0, best - neighbours), best + neighbours + 1)
 
 
 def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 1000, seed: int = 0) -> Optimum:
-    all_runs = runs
-    runs = local_window(runs)
-    by_size: dict[float, list[float]] = defaultdict(list)
-    for r in all_runs:
-        by_size[r.params].append(r.loss)
+    by_size: dict[float, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_size[r.params].append(r)
     sizes = sorted(by_size)
+    means = [float(np.mean([r.loss for r in by_size[s]])) for s in sizes]
     # Fit on the window around the best size; report every size (with its mean, seeds, spread and epochs).
-    pts_x = np.log10(np.array([r.params for r in runs]))
-    pts_y = np.array([r.loss for r in runs])
+    window = set(sizes[fit_window(means)])
+    fitted = [r for r in runs if r.params in window]  # in the runs' order, which the bootstrap's draws index
+    pts_x = np.log10(np.array([r.params for r in fitted]))
+    pts_y = np.array([r.loss for r in fitted])
     x, y = np.unique(pts_x), _means(pts_x, pts_y)  # one point per size: the mean over its seeds
     coef = _fit(x, y)
     xv, lv, interior = _vertex(coef, x, y)
-    all_x = np.log10(np.array([r.params for r in all_runs]))
-    all_y = _means(all_x, np.array([r.loss for r in all_runs]))
     size_std = loss_std = None
     # An unbracketed "optimum" is a grid edge, and three runs fit a parabola exactly: no uncertainty to speak of.
-    if coef is not None and interior and len(runs) > 3:
+    if coef is not None and interior and len(fitted) > 3:
         # Resample runs (seeds included) with replacement; keep resamples that still span three sizes.
         rng = np.random.default_rng(seed)
         xs, ls = [], []
         for _ in range(bootstrap):
-            idx = rng.integers(0, len(runs), len(runs))
+            idx = rng.integers(0, len(fitted), len(fitted))
             c = _fit(pts_x[idx], pts_y[idx])
             if c is None:
                 continue
@@ -114,9 +108,9 @@ def fit_optimum(method: str, budget: float, runs: list[Run], bootstrap: int = 10
             ls.append(bl)
         if len(xs) >= 10:
             size_std, loss_std = float(np.std(xs)), float(np.std(ls))
-    spreads = [float(np.std(by_size[s], ddof=1)) if len(by_size[s]) > 1 else None for s in sizes]
-    epochs = [float(np.mean([r.results.get("epochs", float("nan")) for r in all_runs if r.params == s])) for s in sizes]
-    return Optimum(method, budget, sizes, all_y.tolist(), [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
+    spreads = [float(np.std([r.loss for r in by_size[s]], ddof=1)) if len(by_size[s]) > 1 else None for s in sizes]
+    epochs = [float(np.mean([r.results.get("epochs", float("nan")) for r in by_size[s]])) for s in sizes]
+    return Optimum(method, budget, sizes, means, [len(by_size[s]) for s in sizes], coef, 10**xv, lv,
                    size_std, loss_std, interior, spreads, epochs)
 
 

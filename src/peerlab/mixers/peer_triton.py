@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from peerlab.mixers.row_groups import RowGroups
+from peerlab.mixers.sparse_grads import GradMode
 
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "silu": 2}
 
@@ -163,7 +164,7 @@ class _TritonExperts(torch.autograd.Function):
 
 
 def experts_triton(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, down: torch.Tensor,
-                   up: torch.Tensor, activation: str, sparse_grads: bool | str = False) -> torch.Tensor:
+                   up: torch.Tensor, activation: str, sparse_grads: GradMode = False) -> torch.Tensor:
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"layer.activation={activation!r}: impl=triton supports {', '.join(ACTIVATION_CODES)}")
     return _TritonExperts.apply(x, indices, weights, down.contiguous(), up.contiguous(),

@@ -26,12 +26,11 @@ import torch.distributed as dist
 from peerlab.mixers.base import MixerConfigError
 
 GradMode = bool | Literal["auto"]
-MODES = (True, False, "auto")
 SPARSE_BACKENDS = ("gloo",)
 
 
 def check_mode(mode: object) -> GradMode:
-    if mode not in MODES or (mode is not True and mode is not False and mode != "auto"):
+    if not (mode is True or mode is False or mode == "auto"):
         raise MixerConfigError(f"layer.sparse_grads={mode!r}: allowed: auto, true, false")
     return mode  # type: ignore[return-value]
 
