@@ -24,10 +24,12 @@ def step():  # a training-like step: activations and gradients of 33.5 MB, freed
     w.grad = None
 for _ in range(5):  # warm-up: the first steps fault their blocks in either way
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(9):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(json.dumps({"enabled": enabled, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"enabled": enabled, "faults": sorted(faults)}))
 """
 
 
@@ -45,9 +47,11 @@ def _probe(env_value: str) -> dict:
 def test_freed_blocks_are_reused_without_page_faults():
     default, kept = _probe("0"), _probe("1")
     assert default["enabled"] is False and kept["enabled"] is True
-    # By default every step faults its > 32 MB blocks in again (glibc mmaps them); kept blocks fault in once,
-    # during the warm-up steps.
-    assert default["faults"] > 50_000 and kept["faults"] < default["faults"] / 4, (default, kept)  # measured: 0-0.2x
+    # By default every step faults its > 32 MB blocks in again (glibc mmaps them); kept blocks fault in once. The
+    # median step is compared: a one-off event (an arena growing once, seen on CI as one step of 32768 faults)
+    # must not decide the test.
+    median_default, median_kept = default["faults"][4], kept["faults"][4]
+    assert median_default > 10_000 and median_kept < median_default / 4, (default, kept)
 
 
 def test_training_with_dataloader_workers(tmp_path, cache_dir):
