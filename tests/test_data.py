@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from peerlab.data import corpora, token_cache
-from peerlab.data.datamodule import PackedBlocks, TextDataModule
+from peerlab.data.datamodule import EvenSubset, PackedBlocks, TextDataModule
 from peerlab.data.tokenizer import EOT, gpt2_tokenizer, train_bpe
 
 
@@ -34,6 +34,32 @@ def test_packed_blocks_shift_by_one():
     assert torch.equal(ds[4][1], torch.arange(121, 131))
     with pytest.raises(ValueError, match="cannot fill one block"):
         PackedBlocks(np.arange(5, dtype=np.uint16), seq_len=10)
+
+
+def test_train_fraction_keeps_evenly_spaced_blocks_of_every_source():
+    # Three "sources" stored one after another, 40 blocks each: a prefix would drop the last source entirely.
+    source_of_block = np.repeat(np.arange(3, dtype=np.uint16), 40 * 10)
+    blocks = PackedBlocks(np.append(source_of_block, 0).astype(np.uint16), seq_len=10)
+    half = EvenSubset(blocks, 0.5)
+    assert len(half) == 60
+    kept_sources = [int(half[i][0][0]) for i in range(len(half))]
+    assert [kept_sources.count(s) for s in range(3)] == [20, 20, 20]
+    assert len({tuple(half[i][0].tolist()) + (i,) for i in range(len(half))}) == 60
+    assert len(EvenSubset(blocks, 1e-9)) == 1  # never empty
+
+
+def test_datamodule_train_fraction_serves_and_reports_the_kept_share(tmp_path):
+    texts = [" ".join(f"word{i % 50} text{j}" for i in range(300)) for j in range(6)]
+    full = make_dm(tmp_path, _files(tmp_path, texts))
+    full.setup()
+    half = TextDataModule(full.corpus, seq_len=8, batch_size=2, tokenizer={"kind": "bpe", "vocab_size": 300},
+                          cache_dir=str(tmp_path / "cache"), train_fraction=0.5)
+    half.setup()
+    assert len(half.train_set) == len(full.train_set) // 2
+    assert half.split_tokens("train") == len(half.train_set) * 8 < full.split_tokens("train")
+    assert half.split_tokens("val") == full.split_tokens("val") and len(half.val_set) == len(full.val_set)
+    with pytest.raises(ValueError, match=r"data.train_fraction=0: must be in \(0, 1\]"):
+        TextDataModule(full.corpus, seq_len=8, batch_size=2, tokenizer={}, train_fraction=0)
 
 
 def test_gpt2_tokenizer_matches_known_ids():

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import TINY, run_train
 from peerlab.config import ConfigError
@@ -106,6 +107,21 @@ def test_rerun_with_other_config_in_same_dir_is_refused(finished, compose):
             run(other)
     finally:
         (pathlib.Path(r["run_dir"]) / "results.json.bak").rename(pathlib.Path(r["run_dir"]) / "results.json")
+
+
+def test_saved_config_from_before_an_added_key_is_the_same_run(finished, compose, tmp_path):
+    """An interrupted run whose saved config predates a key in ADDED_KEYS resumes; a changed value is refused."""
+    from peerlab.train import ADDED_KEYS, _check_same_run
+
+    cfg, _ = finished
+    old = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    del old.optim.groups["product_keys"], old.data["train_fraction"]
+    OmegaConf.save(old, tmp_path / "run_config.yaml")
+    assert set(ADDED_KEYS) == {"optim.groups.product_keys", "data.train_fraction"}
+    _check_same_run(tmp_path, cfg)  # the same run: no error
+    changed = compose(f"budget={BUDGET}", f"out_dir={cfg.out_dir}", f"run_name={cfg.run_name}", "data.train_fraction=0.5")
+    with pytest.raises(ConfigError, match="differs in data"):
+        _check_same_run(tmp_path, changed)
 
 
 def test_multirun_2x2_writes_four_results(tmp_path, cache_dir):

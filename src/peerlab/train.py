@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peerlab import __version__
 from peerlab.builders import build_datamodule, dense_backbone_params
@@ -31,6 +31,9 @@ RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
 # Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
 NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
+# Keys added after runs were made, each with the value that reproduces what runs without it did. A saved config
+# that lacks one holds that value, so finished sweep points made by older code are still recognised and skipped.
+ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0}
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -71,12 +74,22 @@ def _identity(cfg: DictConfig) -> dict:
     return {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
 
 
+def _with_added_keys(saved: DictConfig) -> DictConfig:
+    for dotted, value in ADDED_KEYS.items():
+        parent, _, key = dotted.rpartition(".")
+        node = OmegaConf.select(saved, parent) if parent else saved
+        if isinstance(node, DictConfig) and key not in node:
+            with open_dict(node):
+                node[key] = value
+    return saved
+
+
 def _check_same_run(run_dir: Path, cfg: DictConfig) -> None:
     saved = run_dir / RUN_CONFIG
     if not saved.is_file():
         OmegaConf.save(cfg, saved, resolve=True)
         return
-    old = _identity(OmegaConf.load(saved))
+    old = _identity(_with_added_keys(OmegaConf.load(saved)))
     new = _identity(cfg)
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

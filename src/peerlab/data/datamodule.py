@@ -43,6 +43,26 @@ class PackedBlocks(Dataset):
         return chunk[:-1], chunk[1:]
 
 
+def kept_blocks(n: int, fraction: float) -> int:
+    return max(1, int(n * fraction))
+
+
+class EvenSubset(Dataset):
+    """``fraction`` of a dataset's items, evenly spaced through it: a corpus stored source after source keeps every
+    source's share (a prefix would drop the last sources). Used for data-constrained runs (``data.train_fraction``)."""
+
+    def __init__(self, base: Dataset, fraction: float) -> None:
+        n = len(base)
+        m = kept_blocks(n, fraction)
+        self.base, self.index = base, (np.arange(m, dtype=np.int64) * n) // m
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base[int(self.index[i])]
+
+
 class TextDataModule(L.LightningDataModule):
     """Serves a corpus (``EmbeddedCorpus``, ``C4Corpus``: anything with ``name``, ``key()``, ``texts(split)``
     and ``encode(tokenizer, split)``) as packed blocks, tokenized once into a shared cache."""
@@ -57,8 +77,12 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         progress: bool = False,
+        train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"data.train_fraction={train_fraction}: must be in (0, 1]")
+        self.train_fraction = train_fraction
         self.corpus = corpus
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -114,7 +138,8 @@ class TextDataModule(L.LightningDataModule):
         if self.manifest is None:
             self.prepare_data()
         assert self._entry is not None and self.manifest is not None
-        self.train_set = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "train"), self.seq_len)
+        train = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "train"), self.seq_len)
+        self.train_set = train if self.train_fraction == 1 else EvenSubset(train, self.train_fraction)
         self.val_set = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "val"), self.seq_len)
 
     @property
@@ -123,8 +148,13 @@ class TextDataModule(L.LightningDataModule):
         return self.tokenizer.get_vocab_size()
 
     def split_tokens(self, split: str) -> int:
+        """Tokens in a split; for training with ``train_fraction`` < 1, the kept blocks' ``seq_len`` tokens each."""
         assert self.manifest is not None
-        return int(self.manifest["splits"][split]["tokens"])
+        info = self.manifest["splits"][split]
+        if split == "train" and self.train_fraction < 1:
+            blocks = sum(max(0, (int(s["tokens"]) - 1) // self.seq_len) for s in info["shards"])
+            return kept_blocks(blocks, self.train_fraction) * self.seq_len
+        return int(info["tokens"])
 
     def train_dataloader(self) -> DataLoader:
         """Blocks in a seeded order that continues from the trainer's restored step (see ``sampling.py``)."""
