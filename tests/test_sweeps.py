@@ -232,3 +232,29 @@ def test_the_parabola_is_fitted_near_the_best_size_only():
     o = fit_optimum("ffw", 1e12, runs)
     assert o.interior and o.loss <= 1.00 and 10**0.0 < o.size < 10**0.4
     assert o.losses == ys  # every size is still reported
+
+
+def test_ablation_rows_against_a_baseline_value_in_seed_standard_deviations():
+    from peerlab.analysis.tables import ablation_table
+
+    def run(layer, fraction, seed, loss):
+        return Run(Path("."), layer, 1e12, 1.0, loss, seed, {"config": {"layer": {"name": layer}, "data": {"train_fraction": fraction}}})
+
+    # ffw: baseline 3.00 (sd 0.03), half the data 3.10 (sd 0.04): +0.1 over hypot(0.03, 0.04) = 0.05 -> +2.0 sd
+    runs = [run("ffw", 1.0, s, 3.0 + d) for s, d in enumerate((-0.03, 0.0, 0.03))]
+    runs += [run("ffw", 0.5, s, 3.1 + d) for s, d in enumerate((-0.04, 0.0, 0.04))]
+    runs += [run("peer", 0.5, 0, 2.9)]  # a series without its baseline row says so
+    table = ablation_table(runs, "data.train_fraction", "layer.name", baseline="1.0").splitlines()
+    assert table[0].endswith("| loss - loss at 1.0 |")
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table[2:]}
+    assert rows[("ffw", "0.5")].endswith("| 3.1000 (0.0400) | +0.1000 (+2.0 sd) |")
+    assert rows[("ffw", "1.0")].endswith("| 3.0000 (0.0300) | - |")
+    assert rows[("peer", "0.5")].endswith("| no baseline row |")
+
+
+def test_baseline_without_an_ablation_is_refused(tmp_path, capsys):
+    from peerlab.analysis.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path), "--out", str(tmp_path / "o"), "--baseline", "1.0"])
+    assert info.value.code == 2 and "--baseline needs --ablation" in capsys.readouterr().err

@@ -4,6 +4,8 @@
     python -m peerlab.analysis runs/sweeps/isoflop_cpu --out experiments/results/isoflop_cpu
     python -m peerlab.analysis runs/sweeps/ablation_query_bn --out experiments/results/bn \\
         --ablation layer.n_experts --series layer.query_norm
+    python -m peerlab.analysis runs/sweeps/repetition_matched --out experiments/results/repetition_matched \\
+        --ablation data.train_fraction --series layer.name --baseline 1.0
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="where figures and tables are written")
     ap.add_argument("--ablation", help="config key on the x-axis of an ablation (e.g. layer.n_experts)")
     ap.add_argument("--series", help="config key that splits an ablation into series (e.g. layer.query_norm)")
+    ap.add_argument("--baseline", help="with --ablation: a value of its key; each row adds its loss minus that row's "
+                                       "(same series), in seed standard deviations (e.g. 1.0 for data.train_fraction)")
     args = ap.parse_args(argv)
+    if args.baseline is not None and not args.ablation:
+        ap.error("--baseline needs --ablation")
     runs, skipped = collect(args.dirs)
     if not runs:
         print(f"error: no completed results.json under {', '.join(args.dirs)} (skipped: {skipped or 'none found'})", file=sys.stderr)
@@ -34,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     if args.ablation:
-        (args.out / "ablation.md").write_text(tables.ablation_table(runs, args.ablation, args.series) + "\n")
+        (args.out / "ablation.md").write_text(tables.ablation_table(runs, args.ablation, args.series, args.baseline) + "\n")
         figures.ablation(runs, args.ablation, args.series, args.out / "ablation.png")
         written += ["ablation.md", "ablation.png"]
     else:

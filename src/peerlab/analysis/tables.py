@@ -71,25 +71,43 @@ def equal_tokens_table(runs: list[Run], base: str = "ffw", tolerance: float = 0.
     return "\n".join(lines)
 
 
-def ablation_table(runs: list[Run], key: str, series: str | None = None) -> str:
-    """Final perplexity, expert usage and unevenness against a config key (e.g. layer.n_experts), per series."""
+def ablation_table(runs: list[Run], key: str, series: str | None = None, baseline: str | None = None) -> str:
+    """Final perplexity, expert usage and unevenness against a config key (e.g. layer.n_experts), per series. With
+    ``baseline`` (a value of ``key``, compared as text), each row also gives its mean loss minus the baseline row's
+    in the same series, and that difference in standard deviations of the difference (the two rows' seed standard
+    deviations combined: hypot(sd_row, sd_baseline))."""
     rows: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
         rows[(r.config_value(series) if series else "", r.config_value(key))].append(r)
-    cols = "runs | ppl | expert usage | unevenness | loss (seed std) |"
+    mean = {k: sum(r.loss for r in rs) / len(rs) for k, rs in rows.items()}
+    sd = {k: statistics.stdev([r.loss for r in rs]) if len(rs) > 1 else None for k, rs in rows.items()}
+    base = {s: k for (s, k) in rows if baseline is not None and str(k) == baseline}
+    cols = "runs | ppl | expert usage | unevenness | loss (seed std) |" + (f" loss - loss at {baseline} |" if baseline else "")
     head = f"| {series or ''} | {key} | {cols}" if series else f"| {key} | {cols}"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for (s, k), rs in sorted(rows.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] if kv[0][1] is not None else 0)):
-        loss = sum(r.loss for r in rs) / len(rs)
+        loss = mean[(s, k)]
         usage = [r.results.get("usage", {}).get("val/expert_usage") for r in rs]
         uneven = [r.results.get("usage", {}).get("val/unevenness") for r in rs]
         fmt = lambda v: f"{100 * sum(v) / len(v):.1f}%" if None not in v else "-"  # noqa: E731
         fmt_u = lambda v: f"{sum(v) / len(v):.3f}" if None not in v else "-"  # noqa: E731
         cells = [str(s)] if series else []
-        spread = f" ({statistics.stdev([r.loss for r in rs]):.4f})" if len(rs) > 1 else ""
-        lines.append("| " + " | ".join([*cells, str(k), str(len(rs)), f"{math.exp(loss):.2f}", fmt(usage), fmt_u(uneven),
-                                        f"{loss:.4f}{spread}"]) + " |")
+        spread = "" if sd[(s, k)] is None else f" ({sd[(s, k)]:.4f})"
+        cells += [str(k), str(len(rs)), f"{math.exp(loss):.2f}", fmt(usage), fmt_u(uneven), f"{loss:.4f}{spread}"]
+        if baseline:
+            cells.append(_difference(mean, sd, (s, k), (s, base[s])) if s in base else "no baseline row")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _difference(mean: dict, sd: dict, row: tuple, base: tuple) -> str:
+    if row == base:
+        return "-"
+    diff = mean[row] - mean[base]
+    if sd[row] is None or sd[base] is None:
+        return f"{diff:+.4f}"
+    combined = math.hypot(sd[row], sd[base])
+    return f"{diff:+.4f}" + (f" ({diff / combined:+.1f} sd)" if combined > 0 else "")
 
 
 def runs_table(runs: list[Run]) -> str:
