@@ -137,3 +137,21 @@ def test_c4_location_from_data_path_or_from_the_checkpoint(checkpoint, eval_file
     assert own.returncode == 0, own.stderr[-2000:]
     assert f"c4: the checkpoint's own data.path={eval_files}" in own.stdout
     assert json.loads((tmp_path / "d" / "results.json").read_text())["x"]["c4"] == ppl
+
+
+def test_embedded_split_scored_per_source(checkpoint, tmp_path):
+    """``embedded:<source>`` scores the validation documents of one source; together the sources are the split."""
+    from peerlab.evaluate import load_checkpoint, set_documents
+
+    module, _ = load_checkpoint(checkpoint["checkpoints"]["last"])
+    sources = checkpoint["config"]["data"]["sources"]
+    whole = set_documents("embedded", {}, module, None, None)
+    parts = {s: set_documents(f"embedded:{s}", {}, module, None, None) for s in sources}
+    assert all(parts.values()) and sorted(sum(parts.values(), [])) == sorted(whole)
+    proc = _eval(f"ckpt={checkpoint['checkpoints']['last']}", f"eval_sets=[{','.join(f'embedded:{s}' for s in sources)}]",
+                 f"out_dir={tmp_path}", "name=x", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads((tmp_path / "results.json").read_text())["x"]
+    assert set(row) == {f"embedded:{s}" for s in sources} and len(set(row.values())) == len(sources)
+    proc = _eval(f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[embedded:kjv]", f"out_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and "error: eval_sets: 'embedded:kjv': the checkpoint's validation split has no 'kjv' documents; its sources: lee, wikipedia" in proc.stderr, proc.stderr[-2000:]

@@ -9,6 +9,7 @@ too). Models run in eval mode (query BatchNorm uses running statistics).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from pathlib import Path
@@ -44,7 +45,8 @@ def default_label(module: LanguageModel) -> str:
     cfg = module.run_config or {}
     layer = cfg.get("layer", {}).get("name", module.hparams["layer"].get("name", "?"))
     model = cfg.get("model", {}).get("name", module.hparams["model"].get("name", "?"))
-    return f"{layer} {model} {sci(module.hparams['budget'])}"
+    seed = cfg.get("seed") or 0  # seeds of one sweep point would otherwise share a row and overwrite each other
+    return f"{layer} {model} {sci(module.hparams['budget'])}" + (f" seed {seed}" if seed else "")
 
 
 def token_stream(tok: Tokenizer, texts) -> np.ndarray:
@@ -77,12 +79,30 @@ def perplexity(module: LanguageModel, tokens: np.ndarray, batch_size: int = 8, m
 EMBEDDED_DATA = {"kind": "embedded", "name": "embedded", "sources": ["wikipedia", "lee"], "files": [], "val_fraction": 0.05}
 
 
+@functools.lru_cache(maxsize=4)
+def _embedded_val(data_json: str) -> tuple[tuple[str, str], ...]:
+    """(source, text) of each validation document of an embedded corpus; cached, since checkpoints of one sweep
+    share their corpus and reading it again for each is most of an evaluation's time."""
+    corpus = build_corpus(json.loads(data_json))
+    return tuple((d.source, d.text) for d in corpus.splits["val"])
+
+
 def set_documents(name: str, spec: dict, module: LanguageModel, cache_dir: str | None, max_documents: int | None):
-    if name == "embedded":
+    """The documents of an evaluation set. ``embedded`` is the checkpoint's own validation split, and
+    ``embedded:<source>`` (e.g. ``embedded:kjv``) its documents from one source."""
+    if name == "embedded" or name.startswith("embedded:"):
         data = (module.run_config or {}).get("data") or EMBEDDED_DATA
         if data.get("kind", "embedded") != "embedded":
             data = EMBEDDED_DATA
-        return build_corpus(data).texts("val")
+        val = _embedded_val(json.dumps({k: data.get(k) for k in EMBEDDED_DATA}, sort_keys=True))
+        if name == "embedded":
+            return [text for _, text in val]
+        source = name.partition(":")[2]
+        texts = [text for s, text in val if s == source]
+        if not texts:
+            raise ConfigError(f"eval_sets: {name!r}: the checkpoint's validation split has no {source!r} documents; "
+                              f"its sources: {', '.join(sorted({s for s, _ in val}))}")
+        return texts
     return documents(name, spec, cache_dir, max_documents)
 
 
