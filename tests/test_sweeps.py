@@ -258,3 +258,19 @@ def test_baseline_without_an_ablation_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path), "--out", str(tmp_path / "o"), "--baseline", "1.0"])
     assert info.value.code == 2 and "--baseline needs --ablation" in capsys.readouterr().err
+
+
+def test_per_source_table_sets_each_method_against_the_best_seeded_dense_point():
+    from peerlab.analysis.per_source import seeded_points, table
+
+    runs = [Run(Path("."), m, 1e12, size, 3.0, seed, {}) for m, size, seeds in
+            [("ffw", 1e6, 3), ("ffw", 2e6, 3), ("peer", 1e6, 3), ("peer", 2e6, 1)] for seed in range(seeds)]
+    assert sorted(seeded_points(runs, 3)) == [(1e12, "ffw", 1e6), (1e12, "ffw", 2e6), (1e12, "peer", 1e6)]
+    losses = {
+        (1e12, "ffw", 1e6): [{"a": 3.0 + d, "b": 4.0 + d} for d in (-0.03, 0.0, 0.03)],
+        (1e12, "ffw", 2e6): [{"a": 3.5, "b": 4.5}] * 3,  # the worse dense point is not the reference
+        (1e12, "peer", 1e6): [{"a": 2.9 + d, "b": 4.0 + d} for d in (-0.04, 0.0, 0.04)],
+    }
+    rows = {line.split("|")[2].strip() + line.split("|")[3].strip(): line for line in table(losses).splitlines()[2:]}
+    # source a: -0.1 over hypot(0.03, 0.04) = 0.05 -> -2.0 sd; source b: no difference
+    assert "| 2.9000 (0.0400) | -0.1000 (-2.0 sd) | 4.0000 (0.0400) | +0.0000 (+0.0 sd) |" in rows["peer1M"]
