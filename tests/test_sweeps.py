@@ -274,3 +274,16 @@ def test_per_source_table_sets_each_method_against_the_best_seeded_dense_point()
     rows = {line.split("|")[2].strip() + line.split("|")[3].strip(): line for line in table(losses).splitlines()[2:]}
     # source a: -0.1 over hypot(0.03, 0.04) = 0.05 -> -2.0 sd; source b: no difference
     assert "| 2.9000 (0.0400) | -0.1000 (-2.0 sd) | 4.0000 (0.0400) | +0.0000 (+0.0 sd) |" in rows["peer1M"]
+
+
+def test_where_filters_runs_and_a_predated_key_reads_as_its_neutral_value(tmp_path):
+    from peerlab.analysis.__main__ import matches, parse_where
+
+    old = Run(Path("."), "ffw", 2e12, 1e6, 3.0, 0, {"config": {"data": {"sources": ["lee"]}, "model": {"name": "s2"}}})
+    assert old.config_value("data.train_fraction") == 1.0 and old.config_value("data.nope") is None
+    assert old.config_value("budget") == 2e12 and matches(old.config_value("budget"), "2e12")
+    assert matches(old.config_value("model.name"), "s2") and not matches(old.config_value("model.name"), "s3")
+    assert matches(old.config_value("data.train_fraction"), "1.0") and not matches(True, "1")
+    assert parse_where("model.name=s2") == ("model.name", "s2")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_where("budget")

@@ -17,6 +17,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+# Keys added after runs were made, each with the value that reproduces what runs without it did. A saved config
+# (run_config.yaml, results.json) that lacks one holds that value: interrupted runs of older code resume, and
+# analyses read their value.
+ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0}
+
 
 class ConfigError(ValueError):
     """A bad user-facing config value; its message is the one line the user sees."""

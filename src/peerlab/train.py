@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from peerlab import __version__
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
-from peerlab.config import validate
+from peerlab.config import ADDED_KEYS, validate
 from peerlab.console import quiet_third_party
 from peerlab.flops import plan_budget
 from peerlab.lit_module import LanguageModel
@@ -31,9 +31,6 @@ RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
 # Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
 NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
-# Keys added after runs were made, each with the value that reproduces what runs without it did. A saved config
-# that lacks one holds that value, so finished sweep points made by older code are still recognised and skipped.
-ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0}
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -79,7 +76,7 @@ def _with_added_keys(saved: DictConfig) -> DictConfig:
         parent, _, key = dotted.rpartition(".")
         node = OmegaConf.select(saved, parent) if parent else saved
         if isinstance(node, DictConfig) and key not in node:
-            with open_dict(node):
+            with open_dict(node):  # a saved config that predates a key holds its neutral value
                 node[key] = value
     return saved
 

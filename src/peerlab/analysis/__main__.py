@@ -4,7 +4,8 @@
     python -m peerlab.analysis runs/sweeps/isoflop_cpu --out experiments/results/isoflop_cpu
     python -m peerlab.analysis runs/sweeps/ablation_query_bn --out experiments/results/bn \\
         --ablation layer.n_experts --series layer.query_norm
-    python -m peerlab.analysis runs/sweeps/repetition_matched --out experiments/results/repetition_matched \\
+    python -m peerlab.analysis runs/sweeps/isoflop_cpu_matched runs/sweeps/repetition_matched \\
+        --out experiments/results/repetition_matched --where budget=2e12 --where model.name=s2 \\
         --ablation data.train_fraction --series layer.name --baseline 1.0
 """
 
@@ -22,18 +23,42 @@ from peerlab.analysis.isoflop import optima
 from peerlab.analysis.scaling import fit_power_laws, gaps_to
 
 
+def parse_where(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--where {text!r}: expected KEY=VALUE, e.g. budget=2e12 or model.name=s2")
+    return key, value
+
+
+def matches(actual, wanted: str) -> bool:
+    try:
+        return not isinstance(actual, bool) and float(actual) == float(wanted)
+    except (TypeError, ValueError):
+        return str(actual) == wanted
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", help="folders searched (recursively) for results.json")
     ap.add_argument("--out", required=True, type=Path, help="where figures and tables are written")
     ap.add_argument("--ablation", help="config key on the x-axis of an ablation (e.g. layer.n_experts)")
     ap.add_argument("--series", help="config key that splits an ablation into series (e.g. layer.query_norm)")
+    ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="keep only runs whose config KEY (dotted; or budget) equals VALUE (numbers compare as numbers); repeatable")
     ap.add_argument("--baseline", help="with --ablation: a value of its key; each row adds its loss minus that row's "
                                        "(same series), in seed standard deviations (e.g. 1.0 for data.train_fraction)")
     args = ap.parse_args(argv)
     if args.baseline is not None and not args.ablation:
         ap.error("--baseline needs --ablation")
+    try:
+        where = [parse_where(w) for w in args.where]
+    except ValueError as exc:
+        ap.error(str(exc))
     runs, skipped = collect(args.dirs)
+    kept = [r for r in runs if all(matches(r.config_value(k), v) for k, v in where)]
+    if where:
+        skipped["not matching --where"] = len(runs) - len(kept)
+        runs = kept
     if not runs:
         print(f"error: no completed results.json under {', '.join(args.dirs)} (skipped: {skipped or 'none found'})", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peerlab.config import ADDED_KEYS
+
 
 @dataclass
 class Run:
@@ -19,9 +21,15 @@ class Run:
     results: dict = field(repr=False)
 
     def config_value(self, dotted: str) -> Any:
-        node: Any = self.results["config"]
+        """A config value by dotted key; ``budget`` is the run's budget; a key the run's code predates has its
+        neutral value (``config.ADDED_KEYS``)."""
+        if dotted == "budget":
+            return self.budget
+        node: Any = self.results.get("config", {})
         for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or part not in node:
+                return ADDED_KEYS.get(dotted)
+            node = node[part]
         return node
 
 
