@@ -287,3 +287,21 @@ def test_where_filters_runs_and_a_predated_key_reads_as_its_neutral_value(tmp_pa
     assert parse_where("model.name=s2") == ("model.name", "s2")
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_where("budget")
+
+
+def test_pairwise_table_orders_every_pair_in_seed_standard_deviations():
+    from peerlab.analysis.tables import pairwise_table
+
+    runs = []
+    for method, base, spread in [("ffw", 1.0, 0.03), ("moe", 0.8, 0.0), ("peer", 0.9, 0.04)]:
+        for x in (0, 2):
+            runs.append(Run(Path("."), method, 1e12, 10.0**x, base + 0.5, 0, {}))
+        seeds = (-spread, 0.0, spread) if spread else (0.0,)
+        runs += [Run(Path("."), method, 1e12, 10.0, base + d, s, {}) for s, d in enumerate(seeds)]
+    opts = [fit_optimum(m, 1e12, [r for r in runs if r.method == m]) for m in ("ffw", "moe", "peer")]
+    rows = pairwise_table(opts).splitlines()[2:]
+    assert len(rows) == 3
+    ffw_peer = next(r for r in rows if "| ffw | peer |" in r)
+    diff = opts[0].loss - opts[2].loss
+    assert f"| {diff:+.4f} | {diff / 0.05:+.1f} | peer < ffw |" in ffw_peer  # hypot(0.03, 0.04) = 0.05
+    assert "- (one seed)" in next(r for r in rows if "| ffw | moe |" in r)

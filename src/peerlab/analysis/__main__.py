@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         laws = fit_power_laws(opts)
         (args.out / "scaling.md").write_text(tables.scaling_table(laws, gaps_to(laws)) + "\n")
         (args.out / "equal_tokens.md").write_text(tables.equal_tokens_table(runs) + "\n")
-        written += ["table1.md", "optima.json", "isoflop.png", "loss_vs_flops.png", "scaling.md", "equal_tokens.md"]
+        (args.out / "pairwise.md").write_text(tables.pairwise_table(opts) + "\n")
+        written += ["table1.md", "optima.json", "isoflop.png", "loss_vs_flops.png", "scaling.md", "equal_tokens.md",
+                    "pairwise.md"]
     (args.out / "runs.md").write_text(tables.runs_table(runs) + "\n")
     written.append("runs.md")
     print(f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in skipped.items()) or 'none'} skipped); wrote "

@@ -51,6 +51,25 @@ def scaling_table(laws: dict, gaps: list) -> str:
     return "\n".join(lines)
 
 
+def pairwise_table(opts: list[Optimum]) -> str:
+    """Every pair of methods at every budget: the difference of their optimal losses, and that difference in seed
+    standard deviations of the difference (hypot of the two seed spreads at the sizes nearest the optima)."""
+    lines = ["| budget | A | B | loss A - loss B | in seed sd of the difference | ordering |", "|---|---|---|---|---|---|"]
+    by_budget: dict[float, list[Optimum]] = defaultdict(list)
+    for o in opts:
+        by_budget[o.budget].append(o)
+    for budget, group in sorted(by_budget.items()):
+        group = sorted(group, key=lambda o: o.method)
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                diff = a.loss - b.loss
+                sd = math.hypot(a.seed_std, b.seed_std) if a.seed_std is not None and b.seed_std is not None else None
+                z = f"{diff / sd:+.1f}" if sd else "- (one seed)"
+                order = f"{a.method} < {b.method}" if diff < 0 else f"{b.method} < {a.method}"
+                lines.append(f"| {sci(budget)} | {a.method} | {b.method} | {diff:+.4f} | {z} | {order} |")
+    return "\n".join(lines)
+
+
 def equal_tokens_table(runs: list[Run], base: str = "ffw", tolerance: float = 0.1) -> str:
     """Methods compared at (nearly) equal training tokens and the same model size and seed: each run of another
     method against the dense run of that size whose token count is closest, when within ``tolerance``."""
