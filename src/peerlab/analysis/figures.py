@@ -71,8 +71,9 @@ def loss_vs_flops(runs: list[Run], opts: list[Optimum], path: Path) -> None:
 
 
 def ablation(runs: list[Run], key: str, series: str | None, path: Path) -> None:
-    """Perplexity against ``key``, one line per ``series``: a log2 axis for numbers (N, h*k), categories otherwise
-    (e.g. layer.query_norm batch / none)."""
+    """Perplexity against ``key``, one line per ``series`` through the seed means (error bars: the seeds' standard
+    deviation, carried to perplexity): a log2 axis for numbers (N, h*k), categories otherwise (e.g.
+    layer.query_norm batch / none)."""
     values = {r.config_value(key) for r in runs}
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     categories = sorted(map(str, values))
@@ -83,8 +84,17 @@ def ablation(runs: list[Run], key: str, series: str | None, path: Path) -> None:
         groups[r.config_value(series) if series else "runs"].append((x, r.loss))
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, pts in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        pts.sort()
-        ax.plot([p for p, _ in pts], [np.exp(v) for _, v in pts], marker="o", label=f"{series}={name}" if series else None)
+        # One point per value: the mean loss over seeds, with the seeds' standard deviation as the error bar, and
+        # each seed as a faint dot (a line through every seed would zigzag).
+        by_x: dict[float, list[float]] = defaultdict(list)
+        for x, loss in pts:
+            by_x[x].append(loss)
+        xs = sorted(by_x)
+        means = [float(np.mean(by_x[x])) for x in xs]
+        sds = [float(np.std(by_x[x], ddof=1)) if len(by_x[x]) > 1 else 0.0 for x in xs]
+        line = ax.errorbar(xs, np.exp(means), yerr=[np.exp(m) * sd for m, sd in zip(means, sds, strict=True)], marker="o",
+                           capsize=3, label=f"{series}={name}" if series else None)
+        ax.scatter([x for x, _ in pts], [np.exp(v) for _, v in pts], s=10, alpha=0.35, color=line[0].get_color())
     if numeric:
         ax.set_xscale("log", base=2)
     else:
