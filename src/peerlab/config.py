@@ -165,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
     _require(d.get("kind", "embedded") in ("embedded", "c4"), "data.kind", d.get("kind"), "allowed: embedded, c4")
     tf = d.get("train_fraction", 1.0)
     _require(isinstance(tf, float | int) and not isinstance(tf, bool) and 0 < tf <= 1, "data.train_fraction", tf,
-             "must be a number in (0, 1]: the share of each source's training tokens used")
+             "must be a number in (0, 1]: the share of training blocks used")
     if d.get("kind", "embedded") == "embedded":
         _require(isinstance(d.get("val_fraction"), float) and 0 < d.val_fraction < 1, "data.val_fraction", d.get("val_fraction"), "must be in (0, 1)")
         for f in d.get("files") or []:

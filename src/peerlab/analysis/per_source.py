@@ -12,13 +12,13 @@ difference. A gap that sits in one source only (say, a repetitive one) is not a 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from peerlab.analysis.collect import Run, collect
+from peerlab.analysis.scaling import z_score
 from peerlab.config import sci
 
 Point = tuple[float, str, float]  # budget, method, size
@@ -67,8 +67,8 @@ def table(losses: dict[Point, list[dict[str, float]]], base: str = "ffw") -> str
                 continue
             ref_mean, ref_sd = stats[ref][s]
             diff = mean - ref_mean
-            combined = math.hypot(sd or 0.0, ref_sd or 0.0)
-            cells.append(f"{diff:+.4f}" + (f" ({diff / combined:+.1f} sd)" if sd is not None and ref_sd is not None and combined > 0 else ""))
+            z = z_score(diff, sd, ref_sd)
+            cells.append(f"{diff:+.4f}" + ("" if z is None else f" ({z:+.1f} sd)"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -16,6 +16,14 @@ import numpy as np
 from peerlab.analysis.isoflop import Optimum
 
 
+def z_score(diff: float, sd_a: float | None, sd_b: float | None) -> float | None:
+    """A difference in standard deviations of the difference, ``hypot(sd_a, sd_b)``; ``None`` when either side has
+    no seed spread (one seed) or both spreads are zero."""
+    if sd_a is None or sd_b is None or math.hypot(sd_a, sd_b) == 0:
+        return None
+    return diff / math.hypot(sd_a, sd_b)
+
+
 @dataclass
 class PowerLaw:
     method: str
@@ -66,10 +74,8 @@ def gaps_to(laws: dict[str, PowerLaw], base: str = "ffw") -> list[Gap]:
             continue
         common = [b for b in law.budgets if b in ref.budgets]
         gaps = [law.losses[law.budgets.index(b)] - ref.losses[ref.budgets.index(b)] for b in common]
-        z = []
-        for b, gap in zip(common, gaps, strict=True):
-            sm, sd = law.seed_stds[law.budgets.index(b)], ref.seed_stds[ref.budgets.index(b)]
-            z.append(gap / math.hypot(sm, sd) if sm is not None and sd is not None and math.hypot(sm, sd) > 0 else None)
+        z = [z_score(gap, law.seed_stds[law.budgets.index(b)], ref.seed_stds[ref.budgets.index(b)])
+             for b, gap in zip(common, gaps, strict=True)]
         slope = float(np.polyfit(np.log10(common), gaps, 1)[0]) if len(common) >= 2 else None
         crossing, inside = None, False
         if law.alpha is not None and ref.alpha is not None and not math.isclose(law.alpha, ref.alpha):

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from peerlab.analysis.collect import Run
 from peerlab.analysis.isoflop import Optimum
+from peerlab.analysis.scaling import z_score
 from peerlab.config import sci
 
 
@@ -63,8 +64,8 @@ def pairwise_table(opts: list[Optimum]) -> str:
         for i, a in enumerate(group):
             for b in group[i + 1:]:
                 diff = a.loss - b.loss
-                sd = math.hypot(a.seed_std, b.seed_std) if a.seed_std is not None and b.seed_std is not None else None
-                z = f"{diff / sd:+.1f}" if sd else "- (one seed)"
+                z = z_score(diff, a.seed_std, b.seed_std)
+                z = "- (one seed)" if z is None else f"{z:+.1f}"
                 order = f"{a.method} < {b.method}" if diff < 0 else f"{b.method} < {a.method}"
                 lines.append(f"| {sci(budget)} | {a.method} | {b.method} | {diff:+.4f} | {z} | {order} |")
     return "\n".join(lines)
@@ -123,10 +124,8 @@ def _difference(mean: dict, sd: dict, row: tuple, base: tuple) -> str:
     if row == base:
         return "-"
     diff = mean[row] - mean[base]
-    if sd[row] is None or sd[base] is None:
-        return f"{diff:+.4f}"
-    combined = math.hypot(sd[row], sd[base])
-    return f"{diff:+.4f}" + (f" ({diff / combined:+.1f} sd)" if combined > 0 else "")
+    z = z_score(diff, sd[row], sd[base])
+    return f"{diff:+.4f}" + ("" if z is None else f" ({z:+.1f} sd)")
 
 
 def runs_table(runs: list[Run]) -> str:

@@ -21,6 +21,11 @@ from peerlab.data.tokenizer import build_tokenizer
 log = logging.getLogger(__name__)
 
 
+def blocks_in(tokens: int, seq_len: int) -> int:
+    """Whole ``seq_len + 1``-token blocks (inputs and shifted targets) that fit in a shard of ``tokens``."""
+    return max(0, (tokens - 1) // seq_len)
+
+
 class PackedBlocks(Dataset):
     """Non-overlapping blocks of flat token streams (one per shard; blocks never cross shards): item ``i`` is
     ``(x, y)`` with ``y`` = ``x`` shifted by one token."""
@@ -28,7 +33,7 @@ class PackedBlocks(Dataset):
     def __init__(self, shards: np.ndarray | Sequence[np.ndarray], seq_len: int) -> None:
         self.shards = [shards] if isinstance(shards, np.ndarray) else list(shards)
         self.seq_len = seq_len
-        counts = [max(0, (len(s) - 1) // seq_len) for s in self.shards]
+        counts = [blocks_in(len(s), seq_len) for s in self.shards]
         self.offsets = np.cumsum([0, *counts])
         if self.offsets[-1] < 1:
             raise ValueError(f"data: {sum(len(s) for s in self.shards)} tokens cannot fill one block of seq_len={seq_len}")
@@ -152,7 +157,7 @@ class TextDataModule(L.LightningDataModule):
         assert self.manifest is not None
         info = self.manifest["splits"][split]
         if split == "train" and self.train_fraction < 1:
-            blocks = sum(max(0, (int(s["tokens"]) - 1) // self.seq_len) for s in info["shards"])
+            blocks = sum(blocks_in(int(s["tokens"]), self.seq_len) for s in info["shards"])
             return kept_blocks(blocks, self.train_fraction) * self.seq_len
         return int(info["tokens"])
 
