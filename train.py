@@ -35,6 +35,7 @@ def _fail(message: str, code: int) -> None:
 def main(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from peerlab.preemption import Preempted
     from peerlab.train import output_dir, run
 
     try:
@@ -44,8 +45,12 @@ def main(cfg: DictConfig) -> float | None:
     except FloatingPointError as exc:
         return _fail(f"training diverged: {exc}; the last good checkpoint is kept in {output_dir(cfg)}/checkpoints "
                      "and results.json has status 'diverged'", EXIT_DIVERGED)
-    except SIGTERMException:
-        print(f"interrupted by SIGTERM: checkpoint saved in {output_dir(cfg)}/checkpoints; "
+    except Preempted as exc:
+        print(f"interrupted: {exc} in {output_dir(cfg)}/checkpoints; {exc.next_action()}", file=sys.stderr, flush=True)
+        exc.hand_over()  # submitit's handler requeues and exits here
+        sys.exit(exc.exit_code)
+    except SIGTERMException:  # Lightning's, before training started: no step had been taken since last.ckpt
+        print(f"interrupted by SIGTERM before training started; {output_dir(cfg)}/checkpoints is unchanged; "
               "rerun the same command to resume", file=sys.stderr)
         sys.exit(EXIT_SIGTERM)
     return results.get("final_val_loss")

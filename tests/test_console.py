@@ -3,6 +3,7 @@ terms (steps of max_steps, budget%, tokens, losses, tok/s, ETA; no epoch counter
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import warnings
@@ -12,7 +13,7 @@ from peerlab.console import quiet_third_party
 from peerlab.progress import describe
 
 NOISE = ("litlogger", "💡", "anonymous setting", "LeafSpec", "GPU available", "TPU available", "Epoch 0", "v_num",
-         "`Trainer.fit` stopped", "Validation DataLoader")
+         "`Trainer.fit` stopped", "Validation DataLoader", "`srun` command is available")
 
 
 def _lines(text: str) -> list[str]:
@@ -40,13 +41,45 @@ def test_startup_states_each_fact_once_and_shows_a_budget_progress_bar(tmp_path,
     for fact in ("run dir: ", "model: tiny, layer ffw", "budget: 1.3e+10 FLOPs = ", "device: cpu", "W&B: offline",
                  "wandb sync ", "done: "):
         assert sum(fact in ln for ln in lines) == 1, (fact, lines)
-    bars = [ln for ln in lines if ln.startswith("train ") and " steps |" in ln]
+    # stderr is a pipe here, as in a SLURM log: one plain line per refresh, no carriage-return redraws.
+    assert "\r" not in proc.stderr
+    bars = [ln for ln in lines if ln.startswith("train ") and " steps · " in ln]
     assert bars, lines
+    assert len(bars) == len(set(bars)), bars  # the final state once, not once per hook
     final = bars[-1]
     steps = re.match(r"train (\d+)/(\d+) steps", final)
-    assert steps and steps.group(1) == steps.group(2), final  # the bar ends at max_steps
-    for part in ("budget ", " tok · loss ", "val ", "tok/s", "<"):
+    assert steps and steps.group(1) == steps.group(2), final  # the progress ends at max_steps
+    assert [int(re.match(r"train (\d+)/", b).group(1)) for b in bars] == sorted(int(re.match(r"train (\d+)/", b).group(1)) for b in bars)
+    for part in ("budget ", " tok · loss ", "val ", "tok/s", " elapsed, 00:00 left"):
         assert part in final, final
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_redrawn_bar_and_a_log_gets_plain_lines():
+    from types import SimpleNamespace
+
+    from peerlab.progress import BudgetProgressBar, PlainProgress
+
+    for stream, kind in ((_Terminal(), "tqdm"), (io.StringIO(), "plain")):
+        bar = BudgetProgressBar(refresh_steps=2, stream=stream)
+        trainer = SimpleNamespace(max_steps=4, global_step=0, is_global_zero=True, progress_bar_metrics={"train/loss": 3.0})
+        bar._trainer = trainer
+        bar.on_train_start(trainer, None)
+        assert isinstance(bar.bar, PlainProgress) == (kind == "plain")
+        for step in range(1, 5):
+            trainer.global_step = step
+            bar.on_train_batch_end(trainer, SimpleNamespace(tokens_done=lambda: 100, flops_done=lambda: 1, budget=4))
+        bar.on_train_end(trainer, SimpleNamespace(tokens_done=lambda: 100, flops_done=lambda: 1, budget=4))
+        out = stream.getvalue()
+        if kind == "tqdm":
+            assert "\r" in out and "train 4/4 steps |" in out
+        else:
+            assert "\r" not in out
+            assert [ln.split(" · ")[0] for ln in out.splitlines()] == ["train 2/4 steps", "train 4/4 steps"]
 
 
 def test_filters_are_precise_our_warnings_and_logs_still_show(caplog):

@@ -133,3 +133,29 @@ def test_product_keys_get_their_own_group_with_the_models_settings_unless_overri
         (keys,) = [g for g in opt.param_groups if g["name"] == "product_keys"]
         assert keys["params"] == [module.model.mixers[0].router.keys]
         assert keys["weight_decay"] == want_wd and keys["initial_lr"] == want_lr
+
+
+def test_fused_adamw_is_chosen_on_cuda_only_and_updates_as_the_foreach_path():
+    from peerlab.optim.lazy_adamw import use_fused
+
+    assert use_fused([torch.empty(2, device="meta")], None) is False
+    assert use_fused([torch.empty(2)], None) is False
+    assert use_fused([], None) is False
+    assert use_fused([torch.empty(2)], True) is True
+    assert use_fused([torch.empty(2)], False) is False
+    # torch's fused kernel also runs on the CPU, so the switch itself is checked here against the default path.
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    finals = []
+    for fused in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = LazyAdamW([{"params": params, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95), fused=fused)
+        for step in range(5):
+            for i, p in enumerate(params):
+                p.grad = torch.sin(p.detach() * (step + 1) + i)
+            opt.step()
+        finals.append([p.detach().clone() for p in params])
+        if fused:
+            assert opt.param_groups[0]["fused"] is True
+    for a, b in zip(*finals, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -89,8 +90,15 @@ def test_killed_run_resumes_to_the_same_weights_and_curve(uninterrupted, tmp_pat
     err, killed_step = kill_after_first_checkpoint(tmp_path, sig)
     assert 0 < killed_step < whole["steps"]
     if sig == signal.SIGTERM:
-        assert "interrupted by SIGTERM" in err
-        assert json.loads((tmp_path / "r" / "results.json").read_text())["status"] == "interrupted"
+        # The step the message names is the step saved, and no step the process finished is lost.
+        saved = re.search(r"interrupted: SIGTERM received at step (\d+) \((training|validation)\); last.ckpt saved at "
+                          r"step (\d+)", err)
+        assert saved, err[-2000:]
+        assert int(saved[3]) == killed_step and int(saved[1]) <= killed_step <= int(saved[1]) + 1
+        record = json.loads((tmp_path / "r" / "results.json").read_text())
+        assert record["status"] == "interrupted" and record["preempted"]["saved_step"] == killed_step
+        # Every step the process finished is in the log and in the checkpoint (rows carry cumulative FLOPs).
+        assert max(f for _, _, f in train_rows(tmp_path / "r")) == killed_step * whole["flops"] / whole["steps"]
 
     resumed = finish(tmp_path)
     assert resumed["status"] == "completed" and resumed["resumed_from_step"] == killed_step

@@ -119,7 +119,7 @@ def test_parabola_fit_recovers_a_known_optimum():
 
 
 @pytest.mark.parametrize("launcher,target,key,value", [
-    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "timeout_min", 2880),
+    ("slurm", "hydra_plugins.peerlab_launcher.SlurmLauncher", "timeout_min", 2880),
     ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs", -1),
 ])
 def test_launcher_configs_compose(launcher, target, key, value):

@@ -179,3 +179,26 @@ def test_dense_backbone_size_is_the_same_for_every_layer(compose):
             model = build_model(cfg.model, cfg.layer, vocab_size=512, seq_len=32)
         sizes.add(dense_backbone_params(model, cfg.model))
     assert len(sizes) == 1
+
+
+def test_matmul_precision_auto_takes_tf32_on_cuda_only_and_respects_a_users_choice(monkeypatch):
+    import torch
+
+    from peerlab.train import set_matmul_precision
+
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    assert set_matmul_precision("auto", cuda=False) is None and calls == []
+    assert set_matmul_precision("auto", cuda=True) == "high" and calls == ["high"]
+    assert set_matmul_precision("medium", cuda=False) == "medium" and calls[-1] == "medium"
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")  # set by the user in torch
+    calls.clear()
+    assert set_matmul_precision("auto", cuda=True) is None and calls == []
+
+
+def test_matmul_precision_is_checked(compose):
+    from peerlab.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"trainer.matmul_precision='fast': allowed: auto, highest, high, medium"):
+        validate(compose("trainer.matmul_precision=fast"))

@@ -1,5 +1,5 @@
-"""Checkpoints that survive kills (atomic writes, a ``last.ckpt`` by steps and by minutes, and one on SIGTERM), and
-that load as data, never as code.
+"""Checkpoints that survive kills (atomic writes, a ``last.ckpt`` by steps and by minutes, and one on a preemption
+signal, see :mod:`peerlab.preemption`), and that load as data, never as code.
 
 A checkpoint is a pickle, and unpickling can call any importable function. Every checkpoint a user points us at
 (``eval.py ckpt=...``, a resumed run's ``last.ckpt``) is therefore first scanned for the globals its pickle names,
@@ -77,7 +77,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class LastCheckpoint(Callback):
     """Keep ``<dir>/last.ckpt`` current: every ``every_steps`` optimizer steps, every ``every_minutes`` minutes,
-    when SIGTERM arrives (SLURM preemption: saved before Lightning stops the loop) and at the end of training."""
+    on a preemption signal (:class:`~peerlab.preemption.Preemption` calls :meth:`save`) and at the end of training.
+    A model whose training loss went non-finite is never saved: its module's ``raise_if_diverged`` raises first."""
 
     def __init__(self, dirpath: Path, every_steps: int, every_minutes: float) -> None:
         self.dirpath = Path(dirpath)
@@ -91,9 +92,21 @@ class LastCheckpoint(Callback):
     def path(self) -> Path:
         return self.dirpath / LAST
 
-    def save(self, trainer: L.Trainer) -> None:
+    def save(self, trainer: L.Trainer, at_batch_start: bool = False) -> None:
+        """Write last.ckpt at the current step (once per step). ``at_batch_start``: called from the start of the
+        next batch, after the step's row was logged."""
         if trainer.global_step == self._last_step:
             return
+        self._at_batch_start = at_batch_start
+        try:
+            self._write(trainer)
+        finally:
+            self._at_batch_start = False
+
+    def _write(self, trainer: L.Trainer) -> None:
+        check = getattr(trainer.lightning_module, "raise_if_diverged", None)
+        if check is not None:
+            check()
         self.dirpath.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path, weights_only=False)
         self._last_step, self._last_time = trainer.global_step, time.monotonic()
@@ -103,11 +116,7 @@ class LastCheckpoint(Callback):
         at_step_boundary = batch_idx % trainer.accumulate_grad_batches == 0
         due = trainer.global_step % self.every_steps == 0 or time.monotonic() - self._last_time >= self.every_seconds
         if at_step_boundary and due and trainer.global_step > 0:
-            self._at_batch_start = True
-            try:
-                self.save(trainer)
-            finally:
-                self._at_batch_start = False
+            self.save(trainer, at_batch_start=True)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._at_batch_start:
@@ -115,10 +124,6 @@ class LastCheckpoint(Callback):
             # batch, before that counter moved on; at the start of the next batch it already has.
             loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
             loop["_batches_that_stepped"] -= 1
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.received_sigterm:  # Lightning stops before the next batch: save what this step produced
-            self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 # Keys added after runs were made, each with the value that reproduces what runs without it did. A saved config
 # (run_config.yaml, results.json) that lacks one holds that value: interrupted runs of older code resume, and
 # analyses read their value.
-ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0}
+ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0, "trainer.matmul_precision": "auto"}
 
 
 class ConfigError(ValueError):
@@ -34,9 +35,40 @@ def sci(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+# A float override as Hydra's sweeper writes it back when it parsed the value from a sweep file: 2e19 comes back as
+# "2e+19" and 1e12 as "1000000000000.0". Small values (lr=0.002, 1e-05) are left as they are.
+_SWEPT_FLOAT = re.compile(r"(?<==)(\d+(?:\.\d*)?e\+\d+|\d{7,}\.0)(?=,|$)")
+
+
+def sweep_subdir(override_dirname: str, sweep_dir: str) -> str:
+    """A grid point's folder: Hydra's ``override_dirname`` with swept budgets as written (``budget=1e12``, not
+    ``budget=1000000000000.0``). A sweep that already holds the long name keeps resuming into it."""
+    short = _fit_name(_SWEPT_FLOAT.sub(lambda m: sci(float(m[0])), override_dirname))
+    if short != override_dirname and _is_dir(Path(sweep_dir) / override_dirname) and not _is_dir(Path(sweep_dir) / short):
+        return override_dirname
+    return short
+
+
+def _fit_name(name: str, limit: int = 255) -> str:
+    """A folder name within the file system's 255 bytes: a longer one keeps its start and gains a hash of all."""
+    if len(name.encode()) <= limit:
+        return name
+    import hashlib
+
+    return name.encode()[: limit - 17].decode(errors="ignore") + "-" + hashlib.sha1(name.encode()).hexdigest()[:16]
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long to exist
+        return False
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("sci"):
-        OmegaConf.register_new_resolver("sci", sci)
+    for name, fn in (("sci", sci), ("sweep_subdir", sweep_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 @dataclass
@@ -79,6 +111,7 @@ class TrainerConfig:
     ckpt_every_minutes: float = 10.0  # also refresh last.ckpt this often (0 disables); SIGTERM always saves
     progress_bar: bool = True
     deterministic: bool = False
+    matmul_precision: str = "auto"  # float32 matmuls: auto = "high" (TF32) on CUDA unless set in torch already
 
 
 @dataclass
@@ -120,6 +153,8 @@ def register_schema() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ checks
+
+MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
 
 def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
@@ -194,6 +229,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("accumulate_grad_batches", "val_every_steps", "val_batches", "log_every_steps", "ckpt_every_steps", "num_nodes"):
         _require(tr[key] >= 1, f"trainer.{key}", tr[key], "must be an integer >= 1")
     _require(tr.ckpt_every_minutes >= 0, "trainer.ckpt_every_minutes", tr.ckpt_every_minutes, "must be >= 0 (0 disables)")
+    _require(tr.get("matmul_precision", "auto") in MATMUL_PRECISIONS, "trainer.matmul_precision", tr.get("matmul_precision"),
+             f"allowed: {', '.join(MATMUL_PRECISIONS)}")
     _require(cfg.logger.wandb.mode in ("auto", "online", "offline", "disabled"), "logger.wandb.mode", cfg.logger.wandb.mode, "allowed: auto, online, offline, disabled")
 
     out = Path(cfg.out_dir).expanduser()
@@ -201,3 +238,8 @@ def validate(cfg: DictConfig) -> None:
     while not probe.exists():
         probe = probe.parent
     _require(os.access(probe, os.W_OK), "out_dir", cfg.out_dir, f"is not writable ({probe})")
+
+
+# Every process that imports the config module can resolve run names and sweep folders: a SLURM job resolves
+# hydra.sweep.subdir before train.py's own module code has run there.
+register_resolvers()

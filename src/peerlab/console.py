@@ -1,7 +1,7 @@
 """A console that states each fact once: Lightning's duplicate handler removed and known third-party noise
 filtered by its exact message and origin. Nothing is silenced by category, and our own warnings always show.
 
-Three sources of noise on a fresh start, each matched precisely:
+Four sources of noise on a fresh start, each matched precisely:
 
 - Lightning attaches its own console handler to the ``lightning`` logger, which also propagates to the root logger
   that Hydra configures, so every Lightning INFO line printed twice. Under a configured root logger we drop
@@ -12,6 +12,9 @@ Three sources of noise on a fresh start, each matched precisely:
 - A ``FutureWarning`` raised by torch's ``LeafSpec`` inside Lightning's ``_pytree`` helper, and W&B's
   "anonymous setting has no effect" warning, caused by Lightning passing ``anonymous=None`` to ``wandb.init``
   (removed where the logger is built, see :mod:`peerlab.loggers`).
+- Lightning's "The `srun` command is available on your system but is not used" warning, raised on every machine
+  with SLURM's clients installed (a login node, a workstation): its hint to prepend ``srun`` is not how peerlab
+  reaches SLURM (``hydra/launcher=slurm``, whose jobs do run under ``srun``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from pathlib import Path
 
 # (logger name, message pattern) of the Lightning INFO records that are dropped.
 LIGHTNING_NOISE = (
@@ -29,6 +33,8 @@ LIGHTNING_NOISE = (
 # (message pattern, category, module of the warning's location) of third-party warnings that are ignored.
 WARNING_NOISE = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    (r"The `srun` command is available on your system but is not used", UserWarning,
+     r"lightning\.fabric\.plugins\.environments\.slurm"),
 )
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
@@ -60,3 +66,21 @@ def quiet_third_party() -> None:
             for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
                 logger.removeHandler(handler)
             logger.propagate = True
+
+
+def one_log_per_rank(rank: int) -> None:
+    """Hydra gives every process of a job the same ``train.log``; a rank above 0 writes ``train.rank<r>.log``
+    beside it instead, so that ranks never interleave lines in one file."""
+    if rank == 0:
+        return
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if type(h) is logging.FileHandler]:
+        path = Path(handler.baseFilename)
+        if path.stem.endswith(f".rank{rank}"):
+            continue
+        own = logging.FileHandler(path.with_name(f"{path.stem}.rank{rank}{path.suffix}"), mode="a")
+        own.setFormatter(handler.formatter)
+        own.setLevel(handler.level)
+        root.removeHandler(handler)
+        handler.close()
+        root.addHandler(own)

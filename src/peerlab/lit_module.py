@@ -61,6 +61,9 @@ class LanguageModel(L.LightningModule):
         self._val_sum = 0.0
         self._val_count = 0
         self.expert_grads: dict[str, str] = {}  # resolved in setup(), once the process group exists
+        # (step, loss) of the first non-finite training loss, -1 while there is none. Kept on the device and read
+        # at logging steps and before every checkpoint, so that no step waits on a host synchronisation.
+        self._first_nonfinite: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
         # The process group exists now and DDP has not wrapped the model yet: mixers settle backend-dependent
@@ -85,8 +88,7 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.model.loss(x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
+        self._note_nonfinite(loss)
         total = loss
         for name, term in self.model.aux_losses().items():
             total = total + term
@@ -94,7 +96,25 @@ class LanguageModel(L.LightningModule):
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
         return total
 
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        if self._first_nonfinite is None or self._first_nonfinite.device != loss.device:
+            self._first_nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=loss.device)
+        first = self._first_nonfinite
+        new = (first[0] < 0) & ~torch.isfinite(loss.detach())
+        here = torch.stack([torch.full_like(first[0], self.global_step), loss.detach().to(first.dtype)])
+        first.copy_(torch.where(new, here, first))
+
+    def raise_if_diverged(self) -> None:
+        """Raise :class:`FloatingPointError` naming the first step whose training loss was not finite."""
+        if self._first_nonfinite is None:
+            return
+        step, value = self._first_nonfinite.tolist()
+        if step >= 0:
+            raise FloatingPointError(f"non-finite training loss ({value}) at step {int(step)}")
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0 or self.global_step >= self.max_steps:
+            self.raise_if_diverged()
         now = time.perf_counter()
         if self._t_last is not None:
             rate = batch[0].numel() * self.trainer.world_size / (now - self._t_last)

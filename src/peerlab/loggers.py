@@ -74,11 +74,14 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_step: int = 0) -> list[Logger]:
+def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_step: int = 0,
+                  rank: int = 0) -> list[Logger]:
+    """CSV on every rank (Lightning writes it from rank 0 only) and W&B on rank 0 only: another rank would race
+    rank 0 for ``wandb_id.txt`` and could leave the id of a run that never existed for the next resume."""
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), resume_step=resume_step)]
     w = cfg.logger.wandb
     mode = wandb_mode(w.mode) if w.enabled else "disabled"
-    if mode == "disabled":
+    if mode == "disabled" or rank > 0:
         return loggers
     # A stable id per run directory makes a resumed run append to the same W&B run instead of starting anew.
     id_file = run_dir / "wandb_id.txt"

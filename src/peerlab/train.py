@@ -19,10 +19,12 @@ from peerlab import __version__
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
 from peerlab.config import ADDED_KEYS, validate
-from peerlab.console import quiet_third_party
+from peerlab.console import one_log_per_rank, quiet_third_party
+from peerlab.distributed import global_rank
 from peerlab.flops import plan_budget
 from peerlab.lit_module import LanguageModel
 from peerlab.loggers import build_loggers, finish_loggers
+from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,13 @@ def _with_added_keys(saved: DictConfig) -> DictConfig:
     return saved
 
 
-def _check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+def _check_same_run(run_dir: Path, cfg: DictConfig, rank: int = 0) -> None:
     saved = run_dir / RUN_CONFIG
     if not saved.is_file():
-        OmegaConf.save(cfg, saved, resolve=True)
+        if rank == 0:  # written whole or not at all: another rank may be reading it
+            tmp = saved.with_name(f".{RUN_CONFIG}.tmp")
+            OmegaConf.save(cfg, tmp, resolve=True)
+            tmp.replace(saved)
         return
     old = _identity(_with_added_keys(OmegaConf.load(saved)))
     new = _identity(cfg)
@@ -107,7 +112,7 @@ def failure_status(exc: BaseException) -> str:
 
     if isinstance(exc, FloatingPointError):
         return "diverged"
-    if isinstance(exc, SIGTERMException | KeyboardInterrupt | SystemExit):
+    if isinstance(exc, Preempted | SIGTERMException | KeyboardInterrupt | SystemExit):
         return "interrupted"
     return "failed"
 
@@ -120,6 +125,17 @@ def check_mixer(cfg: DictConfig) -> None:
     d_model, n_layer, _ = model_dims(cfg.model)
     with torch.device("meta"):
         mixer_factory(cfg.layer)(d_model=d_model, n_layer=n_layer)
+
+
+def set_matmul_precision(setting: str, cuda: bool) -> str | None:
+    """Apply ``trainer.matmul_precision``; returns what was set, or None when torch's own setting stands. ``auto``
+    takes TF32 ("high") on CUDA, as Lightning advises on every A100/H100, unless the user already chose in torch."""
+    if setting == "auto":
+        if not cuda or torch.get_float32_matmul_precision() != "highest":
+            return None
+        setting = "high"
+    torch.set_float32_matmul_precision(setting)
+    return setting
 
 
 def log_startup(cfg: DictConfig, run_dir: Path, module: LanguageModel, plan) -> None:
@@ -154,6 +170,8 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     quiet_third_party()
+    rank = global_rank()
+    one_log_per_rank(rank)
     validate(cfg)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,10 +179,12 @@ def run(cfg: DictConfig) -> dict:
     if cfg.resume and previous and previous.get("status") == "completed":
         log.info("%s already holds a completed run (results.json); nothing to do. Delete it to rerun.", run_dir)
         return previous
-    _check_same_run(run_dir, cfg)
+    _check_same_run(run_dir, cfg, rank)
     check_mixer(cfg)
 
     L.seed_everything(cfg.seed, workers=True)
+    cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    set_matmul_precision(cfg.trainer.get("matmul_precision", "auto"), cuda)
     data = cfg.data
     dm = build_datamodule(cfg, progress=cfg.trainer.progress_bar)
     dm.prepare_data()
@@ -190,11 +210,11 @@ def run(cfg: DictConfig) -> dict:
     ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
     resume_step = checkpoint_step(resume_from) if ckpt_path else 0
     log_startup(cfg, run_dir, module, plan)
-    loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step)
+    loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step, rank=rank)
     last_ckpt = LastCheckpoint(ckpt_dir, cfg.trainer.ckpt_every_steps, cfg.trainer.ckpt_every_minutes)
     best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                 auto_insert_metric_name=False)
-    callbacks = [last_ckpt, best_ckpt]
+    callbacks = [last_ckpt, best_ckpt, Preemption(last_ckpt)]
     if cfg.trainer.progress_bar:
         callbacks.append(BudgetProgressBar(refresh_steps=cfg.trainer.log_every_steps))
     tr = cfg.trainer
@@ -208,8 +228,8 @@ def run(cfg: DictConfig) -> dict:
         enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
     )
-    log.info("device: %s x %d (%s), precision %s", trainer.strategy.root_device.type, n_procs, trainer.strategy.__class__.__name__,
-             tr.precision)
+    log.info("device: %s x %d (%s), precision %s, float32 matmuls %s", trainer.strategy.root_device.type, n_procs,
+             trainer.strategy.__class__.__name__, tr.precision, torch.get_float32_matmul_precision())
     if ckpt_path:
         log.info("resuming from %s (step %d of %d)", ckpt_path, resume_step, plan.max_steps)
 
@@ -231,6 +251,8 @@ def run(cfg: DictConfig) -> dict:
         results.update(status=failure_status(exc),
                        error=f"{type(exc).__name__}: {exc}", steps=module.global_step,
                        flops=module.flops_done(), wall_time_s=time.time() - t0)
+        if isinstance(exc, Preempted):
+            results["preempted"] = exc.as_record()
         if trainer.is_global_zero:
             write_results(run_dir, results)
         finish_loggers(loggers, "failed")

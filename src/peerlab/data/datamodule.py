@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,8 +82,10 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 0,
         progress: bool = False,
         train_fraction: float = 1.0,
+        local_rank: int = 0,
     ) -> None:
         super().__init__()
+        self.local_rank = local_rank  # this process's rank on its node, as Lightning will resolve it
         if not 0 < train_fraction <= 1:
             raise ValueError(f"data.train_fraction={train_fraction}: must be in (0, 1]")
         self.train_fraction = train_fraction
@@ -103,7 +104,7 @@ class TextDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Build (or verify) the tokenizer and the token cache; cheap when both exist and are intact.
         Non-zero local ranks of a multi-process job wait for local rank 0 to build them."""
-        if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        if self.local_rank > 0:
             self._wait_for_rank_zero()
         tok = build_tokenizer(self.tokenizer_cfg.get("kind", "bpe"), lambda: self.corpus.texts("train"),
                               int(self.tokenizer_cfg.get("vocab_size") or 0), self.cache_dir, self.corpus.key())
@@ -132,7 +133,7 @@ class TextDataModule(L.LightningDataModule):
         deadline = time.monotonic() + timeout_s
         while not marker.exists():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"rank {os.environ.get('LOCAL_RANK')}: local rank 0 did not build the data cache {marker}")
+                raise TimeoutError(f"local rank {self.local_rank}: local rank 0 did not build the data cache {marker}")
             time.sleep(1.0)
 
     def _mark_ready(self) -> None:

@@ -1,6 +1,8 @@
 """AdamW that updates only the rows present in a sparse gradient.
 
-Dense gradients get torch's own AdamW (decoupled weight decay, foreach kernels). A sparse COO gradient (PEER's
+Dense gradients get torch's own AdamW (decoupled weight decay): its fused kernel when every dense parameter of a
+group is on a CUDA device (``fused=None``, the default; one launch per group instead of several per tensor), its
+foreach kernels elsewhere; ``fused=True``/``False`` forces either. A sparse COO gradient (PEER's
 expert tables with ``layer.sparse_grads``) updates just its rows: their two moments, their weight decay and their
 parameter step, so the cost follows the rows a batch used, not the table's N rows. Rows not retrieved in a step
 keep their moments and weights unchanged ("lazy" Adam, as ``torch.optim.SparseAdam`` and TF's LazyAdam); bias
@@ -16,10 +18,12 @@ from torch.optim.adam import adam
 
 class LazyAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01) -> None:
+                 weight_decay: float = 0.01, fused: bool | None = None) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"LazyAdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        # "fused" in the groups also tells torch's load_state_dict to keep a fused group's step counts on its device.
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                                  "fused": fused})
         self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _state(self, p: torch.Tensor) -> dict:
@@ -51,9 +55,15 @@ class LazyAdamW(torch.optim.Optimizer):
                                    ("exp_avg_sqs", state["exp_avg_sq"]), ("steps", state["step"])):
                     dense[key].append(value)
             if dense["params"]:
+                fused = use_fused(dense["params"], group.get("fused"))
+                if fused:  # the fused kernel reads its step counts on the parameters' device
+                    for p, step in zip(dense["params"], dense["steps"], strict=True):
+                        if step.device != p.device:
+                            self.state[p]["step"] = step = step.to(p.device, torch.float32)
+                    dense["steps"] = [self.state[p]["step"] for p in dense["params"]]
                 adam(dense["params"], dense["grads"], dense["exp_avgs"], dense["exp_avg_sqs"], [], dense["steps"],
-                     decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                     weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+                     fused=fused or None, decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2,
+                     lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
         return loss
 
     def _scratch(self, like: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +96,14 @@ class LazyAdamW(torch.optim.Optimizer):
         if wd:
             delta.add_(p.index_select(0, rows), alpha=-lr * wd)  # decoupled weight decay of the same rows
         p.index_add_(0, rows, delta)
+
+
+def use_fused(params: list[torch.Tensor], setting: bool | None) -> bool:
+    """Whether a group's dense parameters take torch's fused AdamW kernel: ``setting`` when given, else exactly when
+    all of them live on CUDA devices."""
+    if setting is not None:
+        return setting
+    return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
