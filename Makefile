@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST  ?= -q
 
-.PHONY: help install train test lint bench clean
+.PHONY: help install train demo test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,10 @@ install: $(STAMP)  ## create .venv and install peerlab with its dev tools
 train: $(STAMP)  ## run the default job (dense d2 model, 3e13 FLOPs, embedded corpus); extra overrides: ARGS="layer=peer"
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP)  ## run the test suite (slow end-to-end checks excluded)
+demo: $(STAMP)  ## dense vs PEER at 1e12 FLOPs side by side on 2 cores, losses + loss-vs-FLOPs PNG (~5 min)
+	$(PY) -m peerlab.demo $(ARGS)
+
+test: $(STAMP)  ## run the test suite (slow checks excluded; `slurm` tests skip without slurm-wlm, as .ci/run installs)
 	$(PY) -m pytest $(PYTEST) -m "not slow"
 
 lint: $(STAMP)  ## ruff lint

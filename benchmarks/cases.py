@@ -120,13 +120,14 @@ def build(name: str) -> tuple[torch.nn.Module, Step]:
     return model, train_step(model, torch.randint(0, LM.vocab_size, (BATCH, SEQ + 1), generator=g))
 
 
-def train_step(model: Transformer, tokens: torch.Tensor, lr: float = 2e-3) -> Step:
-    """One full optimizer step on fixed tokens: forward, backward, clipping and LazyAdamW, with the mixers' expert
-    tables in a group without weight decay."""
+def train_step(model: Transformer, tokens: torch.Tensor, lr: float = 2e-3, fused: bool | None = None) -> Step:
+    """One full optimizer step on fixed tokens: forward, backward, clipping and LazyAdamW (``fused``: its dense
+    groups' kernel, None = fused on CUDA as in training), with the mixers' expert tables in a group without weight
+    decay."""
     experts = {id(p) for m in model.mixers for ps in m.optimizer_groups().values() for p in ps}
     groups = [{"params": [p for p in model.parameters() if id(p) in experts], "weight_decay": 0.0},
               {"params": [p for p in model.parameters() if id(p) not in experts], "weight_decay": 0.1}]
-    optimizer = LazyAdamW([grp for grp in groups if grp["params"]], lr=lr, betas=(0.9, 0.95))
+    optimizer = LazyAdamW([grp for grp in groups if grp["params"]], lr=lr, betas=(0.9, 0.95), fused=fused)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

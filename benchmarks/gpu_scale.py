@@ -195,6 +195,43 @@ def time_steps(args: argparse.Namespace, report: dict) -> None:
                        "precision": "bf16 autocast", "peak_flops": args.peak_flops, "rows": rows}
 
 
+def hygiene(args: argparse.Namespace, report: dict) -> None:
+    """What the CUDA defaults training now takes change: float32 matmul precision (highest against TF32 "high", in
+    fp32 steps, where it applies) and fused AdamW for the dense groups (against the foreach kernels), on the first
+    LM of the step timings. The NaN guard is read at logging steps only, so it is in none of these steps."""
+    from benchmarks.cases import train_step
+
+    device = "cpu" if args.smoke else "cuda"
+    vocab, seq, batch = (512, 64, 2) if args.smoke else (50257, 2048, max(1, args.batch // 2))
+    label, spec = lm_configs(args.smoke)[0]
+    before = torch.get_float32_matmul_precision()
+    rows = []
+    try:
+        for precision in ("highest", "high"):
+            for fused in (False, True):
+                torch.set_float32_matmul_precision(precision)
+                torch.manual_seed(0)
+                model = build_lm(spec, vocab, seq).to(device).train()
+                tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+                step = train_step(model, tokens, fused=fused)
+                for _ in range(args.warmup):
+                    step()
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                sync(device)
+                ms = (time.perf_counter() - t0) / args.steps * 1e3
+                rows.append({"matmul_precision": precision, "fused_adamw": fused, "step_ms": ms,
+                             "tokens_per_s": batch * seq / (ms / 1e3)})
+                print(f"  {label} fp32, matmul {precision:7s}, fused AdamW {fused!s:5s}: step {ms:8.1f} ms", flush=True)
+                del model, step
+    finally:
+        torch.set_float32_matmul_precision(before)
+    report["hygiene"] = {"config": label, "device": device, "seq_len": seq, "batch": batch, "precision": "fp32",
+                         "rows": rows}
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -271,6 +308,14 @@ def markdown(report: dict) -> str:
                          f"{r['train_flops_per_token'] / 1e9:.3f} | {r['mfu']:.3f} |")
         else:
             lines.append(f"| {r['config']} | {r['error']} | | | |")
+    if "hygiene" in report:
+        h = report["hygiene"]
+        base = h["rows"][0]["step_ms"]
+        lines += ["", f"## CUDA defaults: TF32 matmuls and fused AdamW ({h['config']}, {h['precision']}, seq {h['seq_len']}, "
+                  f"batch {h['batch']})", "", "| float32 matmuls | fused AdamW | step ms | vs highest, foreach |",
+                  "|---|---|---|---|"]
+        for r in h["rows"]:
+            lines.append(f"| {r['matmul_precision']} | {r['fused_adamw']} | {r['step_ms']:.1f} | {base / r['step_ms']:.2f}x |")
     g = report["grid_cost"]
     lines += ["", f"## What `{g['sweep']}` costs at these rates", "",
               "| budget | model | layer | tokens | MFU (from) | GPU-hours | hours on 8 GPUs |", "|---|---|---|---|---|---|---|"]
@@ -307,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         ddp_check(args, args.out, report)
     print("2. training steps", flush=True)
     time_steps(args, report)
+    print("2b. TF32 matmuls and fused AdamW", flush=True)
+    hygiene(args, report)
     print("3. cost of isoflop_paper.yaml", flush=True)
     grid_cost(args, report)
     report["wall_s"] = time.time() - t0

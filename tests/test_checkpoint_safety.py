@@ -110,3 +110,90 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"error: ckpt='{bogus}': not a readable torch checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _crafted(src: str, dst, edit) -> None:
+    from peerlab.checkpointing import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(src)
+    edit(ckpt["hyper_parameters"])
+    torch.save(ckpt, dst)
+
+
+def _writes(marker) -> dict:
+    """A config node that Hydra's instantiate turns into a call writing ``marker`` (its target policy lets it by)."""
+    return {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
+
+
+CRAFTED = {
+    "nested-target-in-layer": ("ffw", lambda hp, m: hp["layer"].__setitem__("activation", _writes(m)),
+                               "hyper_parameters.layer.activation: a saved config may not instantiate anything", "layer"),
+    "nested-target-in-model": ("ffw", lambda hp, m: hp["model"].__setitem__("activation", _writes(m)),
+                               "hyper_parameters.model.activation: a saved config may not instantiate anything", "model"),
+    "nested-target-in-optim": ("ffw", lambda hp, m: hp["optim"].__setitem__("groups", {"values": _writes(m)}),
+                               "hyper_parameters.optim.groups.values: a saved config may not instantiate anything", "optim"),
+    "layer-target-outside-the-registry": (
+        "ffw", lambda hp, m: hp.__setitem__("layer", _writes(m)),
+        "hyper_parameters.layer._target_='builtins.open': not a peerlab mixer; allowed: peerlab.mixers.ffw.FeedForward", "layer"),
+    "args-smuggled-in": ("ffw", lambda hp, m: hp["layer"].update(_args_=[str(m), "w"]),
+                         "hyper_parameters.layer._args_: a saved config may not instantiate anything", None),
+    "partial-smuggled-in": ("ffw", lambda hp, m: hp["layer"].update(_partial_=True),
+                            "hyper_parameters.layer._partial_: a saved config may not instantiate anything", None),
+    "terabytes-of-experts": ("peer_small", lambda hp, m: hp["layer"].update(n_experts=10**12),
+                             "hyper_parameters describe model.blocks.0.mixer.", None),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_saved_config_is_refused_in_one_line_naming_the_key_with_nothing_run(runs, tmp_path, case):
+    from hydra.utils import instantiate
+
+    from peerlab.config import ConfigError
+    from peerlab.evaluate import load_checkpoint
+
+    layer, edit, expected, node = CRAFTED[case]
+    marker, crafted = tmp_path / "written-by-the-checkpoint", tmp_path / "crafted.ckpt"
+    _crafted(runs[layer]["checkpoints"]["last"], crafted, lambda hp: edit(hp, marker))
+    with pytest.raises(ConfigError) as caught:
+        load_checkpoint(crafted)
+    message = str(caught.value)
+    assert message.startswith(f"ckpt='{crafted}': {expected}"), message
+    assert "\n" not in message and not marker.exists()
+    hparams = torch.load(crafted, weights_only=True)["hyper_parameters"]
+    if node is not None:  # the test can fail: the very same node through a bare instantiate runs the payload
+        instantiate(next(v for v in _nodes(hparams[node]) if isinstance(v, dict) and v.get("_target_") == "builtins.open"))
+        assert marker.exists()
+    if case == "terabytes-of-experts":  # built for real, this would have asked for ~10^12 rows of each table
+        from peerlab.builders import build_model
+
+        with torch.device("meta"):
+            model = build_model(hparams["model"], hparams["layer"], hparams["vocab_size"], hparams["seq_len"])
+        assert model.num_params() > 10**13
+
+
+def _nodes(node):
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _nodes(value)
+
+
+def test_a_crafted_checkpoint_is_one_line_through_eval_and_resume(runs, tmp_path):
+    marker, crafted = tmp_path / "written-by-the-checkpoint", tmp_path / "crafted.ckpt"
+    _crafted(runs["ffw"]["checkpoints"]["last"], crafted, lambda hp: hp["layer"].__setitem__("activation", _writes(marker)))
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={crafted}", f"out_dir={tmp_path / 'eval'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert errors == [f"error: ckpt='{crafted}': hyper_parameters.layer.activation: a saved config may not "
+                      "instantiate anything"], proc.stderr
+    assert not marker.exists()
+
+    run_dir = tmp_path / "runs" / "victim"
+    shutil.copytree(runs["ffw"]["run_dir"], run_dir)
+    (run_dir / "results.json").unlink()
+    shutil.copy(crafted, run_dir / "checkpoints" / "last.ckpt")
+    proc = run_train(*TINY, "budget=1.3e10", f"out_dir={tmp_path / 'runs'}", "run_name=victim", "logger=csv", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: resume=" in proc.stderr and "hyper_parameters.layer.activation: a saved config may not" in proc.stderr
+    assert "Traceback" not in proc.stderr and not marker.exists()

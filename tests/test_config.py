@@ -88,3 +88,12 @@ def test_cli_errors_are_short(cache_dir, tmp_path, args, first, second):
         assert second in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 6, proc.stderr
+
+
+def test_hydra_groups_accept_the_options_plugins_register():
+    from peerlab.overrides import check_group_overrides
+
+    for launcher in ("joblib", "slurm", "submitit_local", "basic"):
+        assert check_group_overrides([f"hydra/launcher={launcher}"], CONFIGS) is None, launcher
+    problem = check_group_overrides(["hydra/launcher=nope"], CONFIGS)
+    assert problem.startswith("hydra/launcher='nope' is not an option of config group 'hydra/launcher'; allowed: basic, joblib")

@@ -30,5 +30,10 @@ def test_gpu_scale_smoke_on_cpu(tmp_path, cache_dir):
     # more FLOPs, more hours: the 2e19 point costs 2e19/6e18 times the 6e18 one at the same rate
     by_point = {(r["model"], r["layer"], r["budget"]): r["gpu_hours"] for r in cost}
     assert abs(by_point[("d12", "peer", 2e19)] / by_point[("d12", "peer", 6e18)] - 2e19 / 6e18) < 1e-9
+    hygiene = report["hygiene"]["rows"]
+    assert {(r["matmul_precision"], r["fused_adamw"]) for r in hygiene} == {
+        (p, f) for p in ("highest", "high") for f in (False, True)}
+    assert all(r["step_ms"] > 0 for r in hygiene)
     md = (tmp_path / "SCALE.md").read_text()
     assert "## DDP (gloo) through Lightning" in md and "isoflop_paper.yaml" in md
+    assert "## CUDA defaults: TF32 matmuls and fused AdamW" in md

@@ -172,25 +172,39 @@ def model_dims(model: DictConfig | dict) -> tuple[int, int, int]:
     return d_model, depth, max(1, d_model // model["head_dim"])
 
 
+def validate_model(m: DictConfig, prefix: str = "") -> None:
+    """The ``model`` node's ranges (``prefix`` goes before each key named in an error)."""
+    _require(m.depth >= 1, f"{prefix}model.depth", m.depth, "must be an integer >= 1")
+    _require(m.aspect_ratio >= 1, f"{prefix}model.aspect_ratio", m.aspect_ratio, "must be an integer >= 1")
+    _require(m.head_dim >= 1, f"{prefix}model.head_dim", m.head_dim, "must be an integer >= 1")
+    _require(m.d_model is None or m.d_model >= 1, f"{prefix}model.d_model", m.d_model, "must be null (derived) or >= 1")
+    d_model, _, n_head = model_dims(m)
+    _require(d_model % m.head_dim == 0, f"{prefix}model.head_dim", m.head_dim, f"must divide d_model={d_model}")
+    _require(m.ffw_mult > 0, f"{prefix}model.ffw_mult", m.ffw_mult, "must be > 0")
+    sb = m.sparse_blocks
+    if isinstance(sb, ListConfig):
+        sb = list(sb)
+    ok = sb in ("middle", "all", "none") or (isinstance(sb, list) and all(_is_int(i) and 0 <= i < m.depth for i in sb))
+    _require(ok, f"{prefix}model.sparse_blocks", sb, f"allowed: 'middle', 'all', 'none' or a list of block indices in [0, {m.depth})")
+
+
+def validate_optim(o: DictConfig, prefix: str = "") -> None:
+    """The ``optim`` node's ranges (``prefix`` goes before each key named in an error)."""
+    _require(o.name in ("adamw",), f"{prefix}optim.name", o.name, "allowed: 'adamw'")
+    _require(o.lr > 0, f"{prefix}optim.lr", o.lr, "must be > 0")
+    _require(o.weight_decay >= 0, f"{prefix}optim.weight_decay", o.weight_decay, "must be >= 0")
+    _require(0 <= o.warmup_fraction < 1, f"{prefix}optim.warmup_fraction", o.warmup_fraction, "must be in [0, 1)")
+    _require(0 <= o.min_lr_ratio <= 1, f"{prefix}optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    _require(o.grad_clip >= 0, f"{prefix}optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Range and cross-field checks; raises :class:`ConfigError` with one line naming the key."""
     b = cfg.budget
     _require(isinstance(b, float | int) and math.isfinite(b) and b > 0, "budget", b, "must be a positive number of FLOPs, e.g. 3e13")
     _require(_is_int(cfg.min_steps) and cfg.min_steps >= 1, "min_steps", cfg.min_steps, "must be an integer >= 1")
 
-    m = cfg.model
-    _require(m.depth >= 1, "model.depth", m.depth, "must be an integer >= 1")
-    _require(m.aspect_ratio >= 1, "model.aspect_ratio", m.aspect_ratio, "must be an integer >= 1")
-    _require(m.head_dim >= 1, "model.head_dim", m.head_dim, "must be an integer >= 1")
-    _require(m.d_model is None or m.d_model >= 1, "model.d_model", m.d_model, "must be null (derived) or >= 1")
-    d_model, _, n_head = model_dims(m)
-    _require(d_model % m.head_dim == 0, "model.head_dim", m.head_dim, f"must divide d_model={d_model}")
-    _require(m.ffw_mult > 0, "model.ffw_mult", m.ffw_mult, "must be > 0")
-    sb = m.sparse_blocks
-    if isinstance(sb, ListConfig):
-        sb = list(sb)
-    ok = sb in ("middle", "all", "none") or (isinstance(sb, list) and all(_is_int(i) and 0 <= i < m.depth for i in sb))
-    _require(ok, "model.sparse_blocks", sb, f"allowed: 'middle', 'all', 'none' or a list of block indices in [0, {m.depth})")
+    validate_model(cfg.model)
 
     _require(isinstance(cfg.layer, DictConfig) and "_target_" in cfg.layer, "layer", cfg.layer, "must be a config group option with a _target_ (layer=ffw|moe|pkm|peer)")
 
@@ -217,13 +231,7 @@ def validate(cfg: DictConfig) -> None:
     if t.kind == "bpe":
         _require(_is_int(t.get("vocab_size")) and 258 <= t.vocab_size <= 1 << 20, "tokenizer.vocab_size", t.get("vocab_size"), "must be an integer in [258, 1048576]")
 
-    o = cfg.optim
-    _require(o.name in ("adamw",), "optim.name", o.name, "allowed: 'adamw'")
-    _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
-    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _require(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", o.warmup_fraction, "must be in [0, 1)")
-    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
-    _require(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+    validate_optim(cfg.optim)
 
     tr = cfg.trainer
     for key in ("accumulate_grad_batches", "val_every_steps", "val_batches", "log_every_steps", "ckpt_every_steps", "num_nodes"):

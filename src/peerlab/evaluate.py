@@ -25,17 +25,14 @@ from peerlab.config import ConfigError, sci
 from peerlab.data.corpora import encode_texts
 from peerlab.eval_sets import documents
 from peerlab.lit_module import LanguageModel
+from peerlab.saved_settings import rebuild
 
 
 def load_checkpoint(path: str | Path) -> tuple[LanguageModel, Tokenizer]:
     """The model and tokenizer of a peerlab checkpoint, loaded as data only (never unpickling code)."""
     path = Path(path).expanduser()
     ckpt = load_checkpoint_dict(path, key="ckpt")
-    if not isinstance(ckpt.get("hyper_parameters"), dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"ckpt={str(path)!r}: not a peerlab training checkpoint (no hyper_parameters/state_dict)")
-    module = LanguageModel(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    module.on_load_checkpoint(ckpt)
+    module = rebuild(ckpt, key=f"ckpt={str(path)!r}")  # its saved settings are checked first: data, never code
     if not module.tokenizer_json:
         raise ConfigError(f"ckpt={str(path)!r}: the checkpoint carries no tokenizer (not written by peerlab?)")
     return module.eval(), Tokenizer.from_str(module.tokenizer_json)

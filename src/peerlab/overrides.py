@@ -14,7 +14,19 @@ SIMPLE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
 
 
 def group_options(config_dir: Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    """The group's options: our yaml files, and for Hydra's own groups (``hydra/launcher``...) also those its plugins
+    register (``joblib``, ``submitit_slurm``, ``basic``...)."""
+    options = {p.stem for p in (config_dir / group).glob("*.yaml")}
+    if group.startswith("hydra/"):
+        from hydra.core.config_store import ConfigStore
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()  # discovering the plugins registers their configs
+        node = ConfigStore.instance().repo
+        for part in group.split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        options |= {name.removesuffix(".yaml") for name in node if isinstance(name, str) and name.endswith(".yaml")}
+    return sorted(options)
 
 
 def check_group_overrides(argv: Sequence[str], config_dir: Path) -> str | None:

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from peerlab import __version__
+from peerlab import __version__, saved_settings
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
 from peerlab.config import ADDED_KEYS, validate
@@ -104,7 +104,11 @@ def _check_same_run(run_dir: Path, cfg: DictConfig, rank: int = 0) -> None:
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(load_checkpoint_dict(path, key="resume", mmap=True)["global_step"])
+    """The step a resumed run starts from, once the checkpoint and the settings saved in it are checked as data."""
+    ckpt = load_checkpoint_dict(path, key="resume", mmap=True)
+    saved_settings.check(ckpt.get("hyper_parameters"), f"resume={str(path)!r}", ckpt.get("state_dict"),
+                         ckpt.get("peerlab_config"))
+    return int(ckpt["global_step"])
 
 
 def failure_status(exc: BaseException) -> str:

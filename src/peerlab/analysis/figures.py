@@ -46,28 +46,41 @@ def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:
     plt.close(fig)
 
 
-def loss_vs_flops(runs: list[Run], opts: list[Optimum], path: Path) -> None:
-    """Validation loss against cumulative FLOPs for each method's run nearest its compute-optimal size."""
+def val_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(cumulative FLOPs, validation loss) at each validation of a run, from its metrics.csv."""
+    metrics = Path(run_dir) / "csv" / "metrics.csv"
+    if not metrics.is_file():
+        return []
+    with open(metrics) as fh:
+        return [(float(r["flops"]), float(r["val/loss"])) for r in csv.DictReader(fh) if r.get("val/loss")]
+
+
+def draw_curves(curves: list[tuple[str, str, list[tuple[float, float]], float]], path: Path, title: str | None = None) -> None:
+    """One line per ``(label, method, rows, alpha)``: validation loss against training FLOPs, log x-axis."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for o in opts:
-        candidates = [r for r in runs if r.method == o.method and r.budget == o.budget]
-        best = min(candidates, key=lambda r: abs(np.log(r.params) - np.log(o.size)))
-        metrics = best.path / "csv" / "metrics.csv"
-        if not metrics.is_file():
-            continue
-        with open(metrics) as fh:
-            rows = [(float(r["flops"]), float(r["val/loss"])) for r in csv.DictReader(fh) if r.get("val/loss")]
+    for label, method, rows, alpha in curves:
         if rows:
-            color, _ = _style(o.method)
-            ax.plot(*zip(*rows, strict=True), color=color, alpha=0.4 + 0.6 * (o.budget == max(x.budget for x in opts)),
-                    label=f"{o.method} {sci(o.budget)}")
+            ax.plot(*zip(*rows, strict=True), color=_style(method)[0], alpha=alpha, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation loss (nats)")
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def loss_vs_flops(runs: list[Run], opts: list[Optimum], path: Path) -> None:
+    """Validation loss against cumulative FLOPs for each method's run nearest its compute-optimal size."""
+    curves = []
+    top = max((o.budget for o in opts), default=0)
+    for o in opts:
+        candidates = [r for r in runs if r.method == o.method and r.budget == o.budget]
+        best = min(candidates, key=lambda r: abs(np.log(r.params) - np.log(o.size)))
+        curves.append((f"{o.method} {sci(o.budget)}", o.method, val_curve(best.path), 0.4 + 0.6 * (o.budget == top)))
+    draw_curves(curves, path)
 
 
 def ablation(runs: list[Run], key: str, series: str | None, path: Path) -> None:

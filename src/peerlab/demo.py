@@ -1,0 +1,104 @@
+"""``make demo`` (``python -m peerlab.demo``): the claim in about five minutes on two CPU cores.
+
+Dense and PEER (``peer_matched``) at the same FLOP budget, in the model size where the matched study
+(experiments/README.md) found both compute-optimal, trained side by side: one Hydra multirun of two points on the
+joblib launcher, one process and one thread each. Prints both final validation losses and their difference, draws
+validation loss against training FLOPs, and prints the figure's path. Rerunning reuses the finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from peerlab.analysis.figures import draw_curves, val_curve
+from peerlab.config import sci
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYERS = {"ffw": "dense", "peer_matched": "PEER"}
+PROGRESS_S = 15  # seconds between progress lines
+
+
+def _point(sweep: Path, layer: str) -> Path:
+    return sweep / f"layer={layer}"
+
+
+def _steps(run_dir: Path) -> tuple[int, float | None]:
+    """Steps logged so far and the last training loss, from the run's metrics.csv (read while it trains)."""
+    try:
+        lines = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    except OSError:
+        return 0, None
+    if len(lines) < 2:
+        return 0, None
+    header = lines[0].split(",")
+    rows = [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:]]
+    losses = [r for r in rows if r.get("train/loss")]
+    return len(losses), float(losses[-1]["train/loss"]) if losses else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peerlab.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=1e12, help="training FLOPs of each run (default 1e12)")
+    parser.add_argument("--model", default="s2", help="model size, a configs/model option (default s2)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the runs and figure go")
+    args = parser.parse_args(argv)
+    sweep = args.out.resolve()
+    sweep.mkdir(parents=True, exist_ok=True)
+    log_path = sweep / "demo.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core each: the two runs side by side on two
+    common = ["-cd", str(ROOT / "experiments"), "-cn", "isoflop_cpu_matched", "logger=csv"]
+    print(f"demo: dense and PEER at {sci(args.budget)} FLOPs each, model {args.model}, side by side; log: {log_path}",
+          flush=True)
+    with open(log_path, "a") as log:
+        prepared = subprocess.run([sys.executable, "-m", "peerlab.prepare", "data.sources=[wikipedia,lee,kjv]",
+                                   "tokenizer.vocab_size=512"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        if prepared.returncode != 0:
+            print(f"error: preparing the corpus failed; see {log_path}", file=sys.stderr)
+            return 1
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), "-m", *common, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+             f"hydra.sweeper.params.budget={args.budget:g}", f"hydra.sweeper.params.model={args.model}",
+             f"hydra.sweeper.params.layer={','.join(LAYERS)}", f"hydra.sweep.dir={sweep}",
+             "hydra.sweep.subdir=layer=${layer.name}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        next_line = time.monotonic() + PROGRESS_S
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.monotonic() < next_line:
+                continue
+            next_line += PROGRESS_S
+            parts = []
+            for layer, name in LAYERS.items():
+                steps, loss = _steps(_point(sweep, layer))
+                parts.append(f"{name} {steps} steps" + (f", loss {loss:.3f}" if loss is not None else ""))
+            print(f"  {' | '.join(parts)}", flush=True)
+    if proc.returncode != 0:
+        print(f"error: training failed; see {log_path}", file=sys.stderr)
+        return 1
+
+    results = {}
+    for layer in LAYERS:
+        results[layer] = json.loads((_point(sweep, layer) / "results.json").read_text())
+    for layer, name in LAYERS.items():
+        r = results[layer]
+        print(f"{name:>6} ({layer}, {args.model}): final val loss {r['final_val_loss']:.4f} (ppl {r['final_val_ppl']:.2f}) "
+              f"after {r['steps']} steps, {r['tokens'] / 1e6:.2f}M tokens, {r['flops']:.3g} FLOPs, "
+              f"{r['params_total'] / 1e3:.0f}k params ({r['params_active'] / 1e3:.0f}k active)")
+    diff = results["peer_matched"]["final_val_loss"] - results["ffw"]["final_val_loss"]
+    print(f"PEER - dense: {diff:+.4f} nats at equal FLOPs (one seed each; seed-to-seed spread and the full grid: "
+          "experiments/README.md)")
+    figure = sweep / "loss_vs_flops.png"
+    draw_curves([(f"{name} ({layer})", layer, val_curve(_point(sweep, layer)), 1.0) for layer, name in LAYERS.items()],
+                figure, title=f"{args.model}, {sci(args.budget)} FLOPs each")
+    print(f"figure: {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
