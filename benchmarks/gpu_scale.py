@@ -165,14 +165,7 @@ def time_steps(args: argparse.Namespace, report: dict) -> None:
             tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
             step = train_step(model, tokens)
             with torch.autocast(device, dtype=torch.bfloat16):
-                for _ in range(args.warmup):
-                    step()
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                sync(device)
-            seconds = (time.perf_counter() - t0) / args.steps
+                seconds = seconds_per_step(step, args, device)
         except torch.OutOfMemoryError as exc:
             print(f"  {label}: out of memory ({str(exc).splitlines()[0]})", flush=True)
             rows.append({"config": label, "error": "out of memory"})
@@ -213,23 +206,27 @@ def hygiene(args: argparse.Namespace, report: dict) -> None:
                 torch.manual_seed(0)
                 model = build_lm(spec, vocab, seq).to(device).train()
                 tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
-                step = train_step(model, tokens, fused=fused)
-                for _ in range(args.warmup):
-                    step()
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                sync(device)
-                ms = (time.perf_counter() - t0) / args.steps * 1e3
+                ms = seconds_per_step(train_step(model, tokens, fused=fused), args, device) * 1e3
                 rows.append({"matmul_precision": precision, "fused_adamw": fused, "step_ms": ms,
                              "tokens_per_s": batch * seq / (ms / 1e3)})
                 print(f"  {label} fp32, matmul {precision:7s}, fused AdamW {fused!s:5s}: step {ms:8.1f} ms", flush=True)
-                del model, step
+                del model
     finally:
         torch.set_float32_matmul_precision(before)
     report["hygiene"] = {"config": label, "device": device, "seq_len": seq, "batch": batch, "precision": "fp32",
                          "rows": rows}
+
+
+def seconds_per_step(step, args: argparse.Namespace, device: str) -> float:
+    """Mean wall time of ``args.steps`` calls after ``args.warmup`` untimed ones, the device synchronised."""
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / args.steps
 
 
 def sync(device: str) -> None:

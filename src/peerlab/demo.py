@@ -25,11 +25,11 @@ PROGRESS_S = 15  # seconds between progress lines
 
 
 def _point(sweep: Path, layer: str) -> Path:
-    return sweep / f"layer={layer}"
+    return sweep / layer
 
 
 def _steps(run_dir: Path) -> tuple[int, float | None]:
-    """Steps logged so far and the last training loss, from the run's metrics.csv (read while it trains)."""
+    """Steps done at the last logged row and its training loss, from the run's metrics.csv (read while it trains)."""
     try:
         lines = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     except OSError:
@@ -38,8 +38,10 @@ def _steps(run_dir: Path) -> tuple[int, float | None]:
         return 0, None
     header = lines[0].split(",")
     rows = [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:]]
-    losses = [r for r in rows if r.get("train/loss")]
-    return len(losses), float(losses[-1]["train/loss"]) if losses else None
+    losses = [r for r in rows if r.get("train/loss") and r.get("step")]
+    if not losses:
+        return 0, None
+    return int(float(losses[-1]["step"])) + 1, float(losses[-1]["train/loss"])  # the step column counts from 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), "-m", *common, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
              f"hydra.sweeper.params.budget={args.budget:g}", f"hydra.sweeper.params.model={args.model}",
-             f"hydra.sweeper.params.layer={','.join(LAYERS)}", f"hydra.sweep.dir={sweep}",
-             "hydra.sweep.subdir=layer=${layer.name}"],
+             f"hydra.sweeper.params.layer='{','.join(LAYERS)}'", f"hydra.sweep.dir={sweep}",
+             "hydra.sweep.subdir=${layer.name}"],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         next_line = time.monotonic() + PROGRESS_S
         while proc.poll() is None:

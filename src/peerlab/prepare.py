@@ -19,10 +19,12 @@ def main(argv: list[str]) -> int:
 
     from peerlab.builders import build_datamodule
     from peerlab.config import register_schema, validate
+    from peerlab.console import quiet_third_party
     from peerlab.errors import USER_ERRORS
     from peerlab.overrides import check_group_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_third_party()
     problem = check_group_overrides(argv, CONFIGS)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
