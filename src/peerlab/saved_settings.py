@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from peerlab.builders import LAYER_META_KEYS, build_model
 from peerlab.config import ConfigError, ModelConfig, OptimConfig, validate_model, validate_optim
 from peerlab.mixers import REGISTRY
 from peerlab.mixers.base import MixerConfigError
@@ -35,7 +36,6 @@ HPARAMS = {"model": dict, "layer": dict, "optim": dict, "vocab_size": int, "seq_
            "max_steps": int, "budget": float}
 # The model itself passes these to every mixer; a saved layer config names the rest.
 BUILT_IN_ARGS = {"d_model", "n_layer"}
-LAYER_META_KEYS = {"name", "_target_"}
 
 
 def _hydra_keys(node: Any, path: str):
@@ -57,9 +57,10 @@ def _refuse_instantiation(node: Any, path: str, fail) -> None:
         fail(f"{where if key == '_target_' else f'{where}.{key}'}: a saved config may not instantiate anything")
 
 
-def _typed(node: dict, schema: type, path: str, fail) -> None:
+def _typed(node: dict, schema: type, path: str, fail):
+    """``node`` merged into its schema (types checked), as the training config would be."""
     try:
-        OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
         fail(f"{path}.{key}: {str(exc).splitlines()[0]}")
@@ -95,14 +96,12 @@ def check(hparams: Any, key: str, state_dict: dict[str, torch.Tensor] | None = N
     if cls is None:
         fail(f"hyper_parameters.layer._target_={target!r}: not a peerlab mixer; allowed: {', '.join(sorted(REGISTRY))}")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"} - BUILT_IN_ARGS
-    for name in sorted(set(layer) - LAYER_META_KEYS):
+    for name in sorted(set(layer) - {*LAYER_META_KEYS, "_target_"}):
         if name not in accepted:
             fail(f"hyper_parameters.layer.{name}: not an argument of {target}; allowed: {', '.join(sorted(accepted))}")
 
-    _typed(hparams["model"], ModelConfig, "hyper_parameters.model", fail)
-    _typed(hparams["optim"], OptimConfig, "hyper_parameters.optim", fail)
-    model_node = OmegaConf.merge(OmegaConf.structured(ModelConfig), hparams["model"])
-    optim_node = OmegaConf.merge(OmegaConf.structured(OptimConfig), hparams["optim"])
+    model_node = _typed(hparams["model"], ModelConfig, "hyper_parameters.model", fail)
+    optim_node = _typed(hparams["optim"], OptimConfig, "hyper_parameters.optim", fail)
     try:
         validate_model(model_node, prefix="hyper_parameters.")
         validate_optim(optim_node, prefix="hyper_parameters.")
@@ -120,8 +119,6 @@ def check(hparams: Any, key: str, state_dict: dict[str, torch.Tensor] | None = N
 
 def _check_sizes(hparams: dict, state_dict: dict | None, fail) -> None:
     """Build on the meta device and hold every shape against the checkpoint's weights."""
-    from peerlab.builders import build_model
-
     try:
         with torch.device("meta"):
             model = build_model(hparams["model"], hparams["layer"], hparams["vocab_size"], hparams["seq_len"])
