@@ -137,6 +137,7 @@ class Watcher(threading.Thread):
         if len(self._jobs) == len(self.subdirs) or not self.folder.is_dir():
             return
         known = set(self._jobs.values())
+        before = len(self._jobs)
         for path in self.folder.iterdir():
             array, _, task = path.name.partition("_")
             if not array.isdigit() or (task and not task.isdigit()) or path.name in known:
@@ -145,7 +146,8 @@ class Watcher(threading.Thread):
             if (index < len(self.subdirs) and (not task) == (len(self.subdirs) == 1)
                     and (path / f"{path.name}_submitted.pkl").exists() and self._submitted_after(path)):
                 self._jobs[index] = path.name
-        status.write_manifest(self.sweep_dir, self.subdirs, self._jobs, self.template)
+        if len(self._jobs) > before:  # the manifest changes only when a job is found
+            status.write_manifest(self.sweep_dir, self.subdirs, self._jobs, self.template)
 
     def _submitted_after(self, path: Path) -> bool:
         return path.stat().st_mtime >= self._launched_at
