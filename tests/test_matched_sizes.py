@@ -1,6 +1,8 @@
-"""The matched rule (mixers/matched_sizes.py) at every width of the matched study's grid: PEER and PKM cost at most
-0.5x the forward FLOPs of the FFW they replace and hold at least 10x its parameters; MoE holds at least 10x at the
-FFW's FLOPs. At d_model 1024 the rule is the paper's setting."""
+"""The matched rule (mixers/matched_sizes.py) at every width of the matched study's grid: PEER, PKM and their
+successors (Memory+, linear PEER) cost at most 0.5x the forward FLOPs of the FFW they replace and hold at least 10x
+its parameters; MoE holds at least 10x at the FFW's FLOPs (router included: at most 1.1x expert choice, 1.25x the
+fine-grained token choice); peer_matched_wide holds at least 32x, twice moe_matched's. At d_model 1024 the rule is
+the paper's setting."""
 
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ from peerlab.mixers.matched_sizes import matched_sizes
 from peerlab.sizes import load_layer
 
 SWEEP = OmegaConf.load(CONFIGS.parent / "experiments" / "isoflop_cpu_matched.yaml")
+SUCCESSORS = OmegaConf.load(CONFIGS.parent / "experiments" / "isoflop_cpu_successors.yaml")
 GRID = str(SWEEP.hydra.sweeper.params.model).split(",")
-LAYERS = str(SWEEP.hydra.sweeper.params.layer).split(",")
+LAYERS = [*str(SWEEP.hydra.sweeper.params.layer).split(","), *str(SUCCESSORS.hydra.sweeper.params.layer).split(","),
+          "peer_matched_wide"]
+# (min, max) forward FLOPs over the FFW's and min parameters over the FFW's, per layer
+BOUNDS = {"moe_matched": (1.0, 1.1, 10), "moe_fine": (1.0, 1.25, 10), "peer_matched_wide": (0.0, 0.5, 32)}
 
 
 def _sparse_and_ffw(model_name: str, layer_name: str):
@@ -34,11 +40,17 @@ def test_every_grid_size_keeps_the_cost_structure(model_name, layer_name):
     sparse, ffw = _sparse_and_ffw(model_name, layer_name)
     flops = sparse.flops_per_token() / ffw.flops_per_token()
     params = sum(p.numel() for p in sparse.parameters()) / sum(p.numel() for p in ffw.parameters())
-    assert params >= 10, (model_name, layer_name, params)
-    if layer_name.startswith("moe"):
-        assert 1.0 <= flops <= 1.1, (model_name, flops)  # the FFW's FLOPs plus the router
-    else:
-        assert flops <= 0.5, (model_name, layer_name, flops)
+    low, high, min_params = BOUNDS.get(layer_name, (0.0, 0.5, 10))
+    assert params >= min_params, (model_name, layer_name, params)
+    assert low <= flops <= high, (model_name, layer_name, flops)
+
+
+def test_wide_peer_holds_twice_moe_matched_parameters_at_every_grid_size():
+    for model_name in GRID:
+        wide, _ = _sparse_and_ffw(model_name, "peer_matched_wide")
+        moe, _ = _sparse_and_ffw(model_name, "moe_matched")
+        ratio = sum(p.numel() for p in wide.parameters()) / sum(p.numel() for p in moe.parameters())
+        assert 2.0 <= ratio <= 2.2, (model_name, ratio)
 
 
 def test_the_rule_is_the_papers_setting_at_d_model_1024():

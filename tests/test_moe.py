@@ -24,7 +24,7 @@ def reference_expert_choice(layer: MoE, x):
     y = [torch.zeros_like(x[0]) for _ in range(tokens)]
     picks = []
     for e in range(layer.n_experts):
-        ranked = sorted(range(tokens), key=lambda t, e=e: -float(probs[t, e]))[:capacity]
+        ranked = sorted(range(tokens), key=lambda t, e=e: -float(probs[t, e].detach()))[:capacity]
         picks.append(ranked)
         for t in ranked:
             y[t] = y[t] + probs[t, e] * expert_ffw(layer, e, x[t])
@@ -35,7 +35,7 @@ def reference_token_choice(layer: MoE, x):
     probs = (x @ layer.router.weight.T).softmax(-1)
     y = []
     for t in range(x.shape[0]):
-        chosen = sorted(range(layer.n_experts), key=lambda e, t=t: -float(probs[t, e]))[: layer.top_k]
+        chosen = sorted(range(layer.n_experts), key=lambda e, t=t: -float(probs[t, e].detach()))[: layer.top_k]
         norm = sum(probs[t, e] for e in chosen)
         y.append(sum(probs[t, e] / norm * expert_ffw(layer, e, x[t]) for e in chosen))
     return torch.stack(y), None

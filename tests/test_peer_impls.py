@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from peerlab.mixers import peer as peer_module
+from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import MixerConfigError
 from peerlab.mixers.peer import PEER
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
@@ -38,11 +39,11 @@ def _assert_close_f32(got, want, what):
                                msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu", "identity"])
 @pytest.mark.parametrize("sparse_grads", [False, True], ids=["dense", "sparse"])
 def test_triton_kernels_equal_torch_path(activation, sparse_grads):
     x, indices, weights, down, up, probe = _inputs()
-    act = getattr(F, activation)
+    act = activation_fn(activation)
     y0, g0 = _run(lambda *a: experts_torch(*a, act), x, indices, weights, down, up, probe)
     y1, g1 = _run(lambda *a: experts_triton(*a, activation, sparse_grads), x, indices, weights, down, up, probe)
     _assert_close_f32(y1, y0, "output")

@@ -16,11 +16,14 @@ from peerlab.analysis.collect import Run  # noqa: E402
 from peerlab.analysis.isoflop import Optimum, fit_window  # noqa: E402
 from peerlab.config import sci  # noqa: E402
 
-STYLE = {"ffw": ("black", "o"), "moe": ("tab:blue", "s"), "pkm": ("tab:green", "^"), "peer": ("tab:red", "D")}
+STYLE = {"ffw": ("black", "o"), "moe": ("tab:blue", "s"), "pkm": ("tab:green", "^"), "peer": ("tab:red", "D"),
+         "moe_fine": ("tab:cyan", "v"), "memory_plus": ("tab:purple", "P"), "peer_linear": ("tab:orange", "X"),
+         "peer_matched_wide": ("tab:brown", "d")}
 
 
 def _style(method: str) -> tuple[str, str]:
-    return STYLE.get(method.split("_")[0], ("tab:gray", "x"))
+    """A method's own style, else its family's (``peer_matched`` -> ``peer``)."""
+    return STYLE.get(method) or STYLE.get(method.split("_")[0], ("tab:gray", "x"))
 
 
 def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:

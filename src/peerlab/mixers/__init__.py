@@ -7,10 +7,13 @@ hands you rebuilds only these classes (:mod:`peerlab.saved_settings`). A new mix
 
 from peerlab.mixers.base import Mixer
 from peerlab.mixers.ffw import FeedForward
+from peerlab.mixers.memory_plus import MemoryPlus
 from peerlab.mixers.moe import MoE
+from peerlab.mixers.moe_fine import MoEFine
 from peerlab.mixers.peer import PEER
 from peerlab.mixers.pkm import PKM
 
-REGISTRY: dict[str, type[Mixer]] = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in (FeedForward, MoE, PKM, PEER)}
+REGISTRY: dict[str, type[Mixer]] = {f"{cls.__module__}.{cls.__qualname__}": cls
+                                    for cls in (FeedForward, MoE, MoEFine, PKM, MemoryPlus, PEER)}
 
-__all__ = ["Mixer", "FeedForward", "MoE", "PKM", "PEER", "REGISTRY"]
+__all__ = ["Mixer", "FeedForward", "MoE", "MoEFine", "PKM", "MemoryPlus", "PEER", "REGISTRY"]

@@ -11,6 +11,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,
+    "identity": torch.nn.Identity(),  # linear experts (layer=peer_linear; UltraMemV2, arXiv 2606.07414)
 }
 
 

@@ -14,7 +14,9 @@ The matched rule scales every size with d_model so that the proportions hold:
                                                 8 d_model^2 parameters in the tables (2 for PEER, 1 for PKM)
 
 PKM takes twice PEER's k (the paper: 32 against 16). At d_model = 1024 the rule gives exactly the paper's PEER and
-PKM. ``tests/test_matched_sizes.py`` checks, at every width of the study grid, that each layer's forward FLOPs are
+PKM. Memory+ (``memory_plus``) takes PKM's sizes with half the d_key: its gate's two d_model x d_model matrices
+cost 1/4 of the FFW, and halving the query projection and sub-key scoring keeps the layer under 0.5x
+(0.40-0.46x on the study grid). ``tests/test_matched_sizes.py`` checks, at every width of the study grid, that each layer's forward FLOPs are
 at most 0.5x the FFW's and its parameters at least 10x.
 """
 
@@ -34,21 +36,26 @@ class RetrievalSizes:
     d_key: int
 
 
-def matched_sizes(d_model: int, kind: str = "peer") -> RetrievalSizes:
-    """The rule above for ``kind`` ``peer`` (two tables) or ``pkm`` (one table, twice the k)."""
-    if kind not in ("peer", "pkm"):
-        raise ValueError(f"kind={kind!r}: allowed: peer, pkm")
+KINDS = ("peer", "pkm", "memory_plus")
+
+
+def matched_sizes(d_model: int, kind: str = "peer", min_param_ratio: float = MIN_PARAM_RATIO) -> RetrievalSizes:
+    """The rule above for ``kind`` ``peer`` (two tables), ``pkm`` (one table, twice the k) or ``memory_plus``
+    (PKM's, half the d_key); ``min_param_ratio`` raises the tables' floor (``peer_matched_wide``: 32x)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: allowed: {', '.join(KINDS)}")
     tables = 2 if kind == "peer" else 1
     heads = max(1, round(math.sqrt(d_model / 16)))
     k = max(1, round(d_model / (8 * heads))) * (1 if kind == "peer" else 2)
-    d_key = 2 * max(1, round(d_model / (2 * heads)))
-    n_sub = max(d_model, k, math.ceil(math.sqrt(MIN_PARAM_RATIO * 8 * d_model / tables)))
+    key_share = 4 if kind == "memory_plus" else 2  # heads * d_key ~ d_model / 2 for Memory+, d_model otherwise
+    d_key = 2 * max(1, round(d_model / (key_share * heads)))
+    n_sub = max(d_model, k, math.ceil(math.sqrt(min_param_ratio * 8 * d_model / tables)))
     return RetrievalSizes(n_sub * n_sub, heads, k, d_key)
 
 
 def fill_sizes(d_model: int, kind: str, n_keys: int | None, heads: int | None, k: int | None,
-               d_key: int | None) -> RetrievalSizes:
+               d_key: int | None, min_param_ratio: float = MIN_PARAM_RATIO) -> RetrievalSizes:
     """Explicit sizes win; ``None`` (``null`` in a layer config) takes the matched rule's value."""
-    rule = matched_sizes(d_model, kind)
+    rule = matched_sizes(d_model, kind, min_param_ratio)
     return RetrievalSizes(rule.n_keys if n_keys is None else n_keys, rule.heads if heads is None else heads,
                           rule.k if k is None else k, rule.d_key if d_key is None else d_key)

@@ -21,13 +21,13 @@ from torch import nn
 
 from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import Mixer, MixerConfigError
-from peerlab.mixers.matched_sizes import fill_sizes
+from peerlab.mixers.matched_sizes import MIN_PARAM_RATIO, fill_sizes
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
 from peerlab.mixers.sparse_grads import GradMode, check_mode, process_group, resolve
 
 IMPLS = ("auto", "torch", "chunked", "triton")
-TRITON_ACTIVATIONS = ("gelu", "relu", "silu")  # the activations peer_triton's kernels implement
+TRITON_ACTIVATIONS = ("gelu", "relu", "silu", "identity")  # the activations peer_triton's kernels implement
 
 
 @functools.cache
@@ -56,6 +56,7 @@ class PEER(Mixer):
         chunk_tokens: int = 64,
         sparse_grads: GradMode = "auto",
         stable_ties: bool = False,
+        min_param_ratio: float = MIN_PARAM_RATIO,
         n_layer: int = 1,
     ) -> None:
         super().__init__()
@@ -70,7 +71,9 @@ class PEER(Mixer):
             raise MixerConfigError(f"layer.activation={activation!r}: impl=triton supports {', '.join(TRITON_ACTIVATIONS)}")
         self.impl, self.chunk_tokens, self.sparse_grads = impl, chunk_tokens, check_mode(sparse_grads)
         # null sizes follow d_model by the matched rule (layer=peer_matched; mixers/matched_sizes.py)
-        n_experts, heads, k, d_key = astuple(fill_sizes(d_model, "peer", n_experts, heads, k, d_key))
+        if not min_param_ratio > 0:
+            raise MixerConfigError(f"layer.min_param_ratio={min_param_ratio}: must be > 0")
+        n_experts, heads, k, d_key = astuple(fill_sizes(d_model, "peer", n_experts, heads, k, d_key, min_param_ratio))
         self.activation = activation
         self.router = ProductKeyRouter(d_model, n_experts, heads, k, d_key, query_norm, shared_keys, score,
                                        stable_ties, size_key="layer.n_experts")

@@ -24,7 +24,7 @@ import triton.language as tl
 from peerlab.mixers.row_groups import RowGroups
 from peerlab.mixers.sparse_grads import GradMode
 
-ACTIVATION_CODES = {"gelu": 0, "relu": 1, "silu": 2}
+ACTIVATION_CODES = {"gelu": 0, "relu": 1, "silu": 2, "identity": 3}
 
 
 @triton.jit
@@ -37,10 +37,13 @@ def _activation(z, ACT: tl.constexpr):
     elif ACT == 1:
         a = tl.maximum(z, 0.0)
         da = tl.where(z > 0.0, 1.0, 0.0)
-    else:
+    elif ACT == 2:
         s = tl.sigmoid(z)
         a = z * s
         da = s * (1.0 + z * (1.0 - s))
+    else:  # identity (layer=peer_linear)
+        a = z
+        da = z * 0.0 + 1.0
     return a, da
 
 

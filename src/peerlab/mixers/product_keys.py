@@ -122,6 +122,10 @@ class ProductKeyRouter(nn.Module):
     ``query_norm="batch"`` (PKM's and the paper's default) normalises queries with batch statistics in training,
     which mixes information across the tokens of a batch, later ones included; evaluation uses running statistics
     and is causal. ``"layer"`` (per-head LayerNorm) and ``"none"`` are causal in training too.
+
+    ``qk_norm=True`` (Memory+'s query/key normalisation) scores ``rms(q_half) . rms(c) / sqrt(d_key / 2)`` for each
+    half and sub-key: a cosine similarity scaled so that random scores have unit variance, as PKM's init gives
+    them about; the sub-keys' gradient flows through their normalisation.
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class ProductKeyRouter(nn.Module):
         score: str = "softmax",
         stable_ties: bool = False,
         size_key: str = "layer.n_experts",
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.n = check_product_sizes(size_key, n_keys, heads, k, d_key)
@@ -145,6 +150,7 @@ class ProductKeyRouter(nn.Module):
             raise MixerConfigError(f"layer.score={score!r}: allowed: {', '.join(SCORE_FNS)}")
         self.d_model, self.n_keys, self.heads, self.k, self.d_key = d_model, n_keys, heads, k, d_key
         self.query_norm_kind, self.score_fn, self.stable_ties = query_norm, score, stable_ties
+        self.qk_norm = bool(qk_norm)
         self.query = nn.Linear(d_model, heads * d_key, bias=False)
         nn.init.normal_(self.query.weight, std=d_model**-0.5)
         if query_norm == "batch":
@@ -171,15 +177,20 @@ class ProductKeyRouter(nn.Module):
         """Router weights and flat key indices, both ``(tokens, heads, k)``, for ``x`` of shape ``(tokens, d_model)``."""
         q = self.queries(x)
         q1, q2 = q.chunk(2, dim=-1)  # (tokens, heads, d_key/2) each
+        sub_keys = self.keys
+        if self.qk_norm:
+            half = self.d_key // 2
+            q1, q2 = (F.rms_norm(h, (half,)) * half**-0.5 for h in (q1, q2))
+            sub_keys = F.rms_norm(sub_keys, (half,))
         # Selection needs every sub-key score but no gradient (top-k passes gradient only to the chosen entries):
         # scoring under no_grad keeps autograd from storing the (tokens, heads, n) scores and the top-k's
         # full-size gradient scatter; the chosen scores carry the gradient instead.
         with torch.no_grad():
-            keys = self.keys.expand(self.heads, -1, -1, -1) if self.keys.shape[0] == 1 else self.keys
+            keys = sub_keys.expand(self.heads, -1, -1, -1) if sub_keys.shape[0] == 1 else sub_keys
             s1 = torch.einsum("thd,hnd->thn", q1, keys[:, 0])  # (tokens, heads, n)
             s2 = torch.einsum("thd,hnd->thn", q2, keys[:, 1])
             _, indices = product_topk(s1, s2, self.k, stable=self.stable_ties)
-        scores = self.chosen_scores(q1, q2, s1, s2, indices)  # the same values, now differentiable
+        scores = self.chosen_scores(q1, q2, s1, s2, indices, sub_keys)  # the same values, now differentiable
         weights = scores.softmax(dim=-1) if self.score_fn == "softmax" else scores.sigmoid()
         if not self.training and self.usage.numel():
             with torch.no_grad():
@@ -187,12 +198,12 @@ class ProductKeyRouter(nn.Module):
         return weights, indices
 
     def chosen_scores(self, q1: torch.Tensor, q2: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
-                      indices: torch.Tensor) -> torch.Tensor:
+                      indices: torch.Tensor, sub_keys: torch.Tensor) -> torch.Tensor:
         """``q1 . c_a + q2 . c'_b`` for the chosen flat indices ``a * n + b``: the values already in the sub-key
-        scores ``s1``/``s2``, with gradients for the queries and sub-keys (``(tokens, heads, k)``)."""
+        scores ``s1``/``s2``, with gradients for the queries and ``sub_keys`` (``(tokens, heads, k)``)."""
         rows1, rows2 = indices // self.n, indices % self.n
         values = s1.gather(-1, rows1) + s2.gather(-1, rows2)
-        return _ChosenScores.apply(q1, q2, self.keys, rows1, rows2, values)
+        return _ChosenScores.apply(q1, q2, sub_keys, rows1, rows2, values)
 
     # ------------------------------------------------------------------ accounting
     def flops_per_token(self) -> int:
