@@ -7,11 +7,17 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """Linear experts (``layer=peer_linear``; UltraMemV2, arXiv 2508.18756; arXiv 2606.07414)."""
+    return x
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,
-    "identity": torch.nn.Identity(),  # linear experts (layer=peer_linear; UltraMemV2, arXiv 2606.07414)
+    "identity": identity,
 }
 
 
