@@ -8,13 +8,16 @@ FFW's width; smaller widths give fine-grained MoE), and a linear router with a s
   depends on the other tokens of the batch, later ones included, in evaluation too: validation reports
   expert-choice routing over each validation batch, as the paper's setup would. Tokens no expert picks pass
   through the residual only (reported as ``dropped_tokens``).
-- ``routing: token_choice``: each token takes its top-``top_k`` experts (weights renormalised), dropless (expert
-  groups padded to the largest, then one batched matmul), with the
+- ``routing: token_choice``: each token takes its top-``top_k`` experts (weights renormalised), dropless, with the
   Switch load-balancing loss ``aux_loss_weight * E * sum_e f_e P_e`` and an optional router z-loss
   ``z_loss_weight * mean(logsumexp(logits)^2)``. Causal.
 
-Tokens are grouped per expert and all experts run as one batched matmul over ``(E, C, d)``; there is no loop over
-tokens or experts.
+Tokens are grouped per expert and all experts run at once; there is no loop over tokens or experts. Expert choice
+is one batched matmul over ``(E, C, d)``. Token choice sorts the assignments by expert and, on the CPU in float32
+or bfloat16, runs ``F.grouped_mm`` over the ragged groups; elsewhere (CUDA, float64) it pads every group to the
+largest and runs one batched matmul, whose empty slots (``padded_slots``) cost time but change nothing. Both give
+the same values and gradients (tests/test_moe.py); on the CPU the grouped path avoids the padding, 1.8-1.9x the
+assignments at the start of training with 64-128 experts.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from peerlab.mixers.activations import activation_fn
@@ -67,6 +71,7 @@ class MoE(Mixer):
         nn.init.normal_(self.router.weight, std=0.02)
         self._aux: dict[str, torch.Tensor] = {}
         self.padded_slots = 0  # token choice: empty expert slots in the last batched matmul (wasted, not counted)
+        self.grouped_mm = True  # token choice: F.grouped_mm where it runs (CPU, float32/bfloat16); False: always pad
         self.register_buffer("routed_mass", torch.zeros(0, dtype=torch.float64), persistent=False)
         self._tokens_seen = 0
         self._tokens_dropped = 0
@@ -115,15 +120,21 @@ class MoE(Mixer):
         token_of = order // self.top_k
         sorted_experts = flat_experts[order]
         counts = torch.bincount(flat_experts, minlength=self.n_experts)
-        # Slot of each assignment within its expert's group; groups padded to the largest one (dropless), so all
-        # experts run as one batched matmul instead of E small ones.
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(order.numel(), device=x.device) - starts[sorted_experts]
-        xin = x.new_zeros(self.n_experts, int(counts.max()), x.shape[-1])
-        self.padded_slots = xin.shape[0] * xin.shape[1] - order.numel()  # compute spent on padding, not counted
-        xin[sorted_experts, slot] = x[token_of]
-        out = self._experts_batched(xin)[sorted_experts, slot] * weights.flatten()[order].unsqueeze(-1)
-        y = torch.zeros_like(x).index_add_(0, token_of, out)
+        if self._grouped(x):
+            ends = torch.cumsum(counts, 0).to(torch.int32)
+            hidden = self.act(F.grouped_mm(x.index_select(0, token_of), self.w1, offs=ends))
+            out = F.grouped_mm(hidden, self.w2, offs=ends)
+            self.padded_slots = 0
+        else:
+            # Slot of each assignment within its expert's group; groups padded to the largest one (dropless), so
+            # all experts run as one batched matmul instead of E small ones.
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(order.numel(), device=x.device) - starts[sorted_experts]
+            xin = x.new_zeros(self.n_experts, int(counts.max()), x.shape[-1])
+            self.padded_slots = xin.shape[0] * xin.shape[1] - order.numel()  # compute spent on padding, not counted
+            xin[sorted_experts, slot] = x[token_of]
+            out = self._experts_batched(xin)[sorted_experts, slot]
+        y = torch.zeros_like(x).index_add_(0, token_of, out * weights.flatten()[order].unsqueeze(-1))
         if self.training and self.aux_loss_weight > 0:
             fraction = counts.to(probs.dtype) / (tokens * self.top_k)  # f_e: share of assignments
             self._aux["load_balance"] = self.aux_loss_weight * self.n_experts * (fraction * probs.mean(0)).sum()
@@ -132,6 +143,12 @@ class MoE(Mixer):
                 self.routed_mass.index_add_(0, flat_experts, weights.flatten().double())
                 self._tokens_seen += tokens
         return y
+
+    def _grouped(self, x: torch.Tensor) -> bool:
+        """Token choice through ``F.grouped_mm``: on the CPU in float32/bfloat16, where it is tested against the
+        padded path; CUDA's kernels have other layout and dtype requirements, so CUDA pads."""
+        return self.grouped_mm and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
+            and self.w1.dtype == x.dtype and hasattr(F, "grouped_mm")
 
     # ------------------------------------------------------------------ Mixer contract
     def aux_losses(self) -> dict[str, torch.Tensor]:
