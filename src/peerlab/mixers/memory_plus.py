@@ -5,7 +5,7 @@
 each head's k scores and a weighted bag of value rows, summed over heads. What the paper states and we follow: the
 SiLU gate ``W1`` and output projection ``W2`` (both d_model x d_model), query/key normalisation for stability, and
 values in their own optimizer group at a fixed lr 1e-3 (here the ``pkm_values`` group, which already has those
-settings). What it leaves open and we chose:
+settings). The memory read is :class:`~peerlab.mixers.pkm.PKM`'s, inherited. What it leaves open and we chose:
 
 - the normalisation: each query half and each sub-key is RMS-normalised without a learned scale and scores are
   divided by sqrt(d_key / 2) (``ProductKeyRouter(qk_norm=True)``), so random scores have unit variance, about
@@ -20,18 +20,17 @@ settings). What it leaves open and we chose:
 from __future__ import annotations
 
 import math
-from dataclasses import astuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peerlab.mixers.base import Mixer
-from peerlab.mixers.matched_sizes import fill_sizes
-from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
+from peerlab.mixers.pkm import PKM
 
 
-class MemoryPlus(Mixer):
+class MemoryPlus(PKM):
+    SIZE_RULE = "memory_plus"
+
     def __init__(
         self,
         d_model: int,
@@ -46,39 +45,18 @@ class MemoryPlus(Mixer):
         stable_ties: bool = False,
         n_layer: int = 1,
     ) -> None:
-        super().__init__()
-        # null sizes follow d_model by the matched rule (mixers/matched_sizes.py, kind memory_plus)
-        n_memories, heads, k, d_key = astuple(fill_sizes(d_model, "memory_plus", n_memories, heads, k, d_key))
-        self.router = ProductKeyRouter(d_model, n_memories, heads, k, d_key, query_norm, shared_keys, score,
-                                       stable_ties, size_key="layer.n_memories", qk_norm=qk_norm)
-        self.d_model, self.n_memories, self.heads, self.k = d_model, n_memories, heads, k
-        self.values = nn.Parameter(torch.empty(n_memories, d_model).normal_(std=d_model**-0.5))
+        super().__init__(d_model, n_memories, heads, k, d_key, query_norm, shared_keys, score, stable_ties, n_layer,
+                         qk_norm=qk_norm)
         self.gate = nn.Linear(d_model, d_model, bias=False)  # W1
         self.out = nn.Linear(d_model, d_model, bias=False)  # W2
         nn.init.normal_(self.gate.weight, std=0.02)
         nn.init.normal_(self.out.weight, std=0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape, dtype = x.shape, x.dtype
-        flat = x.reshape(-1, shape[-1])
-        # Mixed precision: retrieval and the weighted sum run in the values' precision (fp32 master weights), as PKM.
-        with torch.autocast(x.device.type, enabled=False):
-            weights, indices = self.router(flat.to(self.values.dtype))  # (tokens, heads, k)
-            memory = weighted_bag(indices.flatten(1), weights.flatten(1), self.values)
-        return self.out(memory.to(dtype) * F.silu(self.gate(flat))).view(shape)
+        return self.out(super().forward(x) * F.silu(self.gate(x)))
 
     def flops_per_token(self) -> int:
-        # Retrieval, the weighted sum of heads*k value rows, then the gate and output matmuls.
-        return self.router.flops_per_token() + 2 * self.heads * self.k * self.d_model + 2 * 2 * self.d_model**2
+        return super().flops_per_token() + 2 * 2 * self.d_model**2  # the memory read, then the gate and W2
 
     def active_params(self) -> int:
-        return self.router.num_params() + self.heads * self.k * self.d_model + 2 * self.d_model**2
-
-    def reset_usage(self) -> None:
-        self.router.reset_usage()
-
-    def usage_stats(self) -> dict[str, float]:
-        return self.router.usage_stats()
-
-    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"pkm_values": [self.values], "product_keys": [self.router.keys]}
+        return super().active_params() + 2 * self.d_model**2

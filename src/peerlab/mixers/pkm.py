@@ -19,6 +19,8 @@ from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
 
 
 class PKM(Mixer):
+    SIZE_RULE = "pkm"  # the matched rule's kind for null sizes (mixers/matched_sizes.py)
+
     def __init__(
         self,
         d_model: int,
@@ -31,12 +33,13 @@ class PKM(Mixer):
         score: str = "softmax",
         stable_ties: bool = False,
         n_layer: int = 1,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         # null sizes follow d_model by the matched rule (layer=pkm_matched; mixers/matched_sizes.py)
-        n_memories, heads, k, d_key = astuple(fill_sizes(d_model, "pkm", n_memories, heads, k, d_key))
+        n_memories, heads, k, d_key = astuple(fill_sizes(d_model, self.SIZE_RULE, n_memories, heads, k, d_key))
         self.router = ProductKeyRouter(d_model, n_memories, heads, k, d_key, query_norm, shared_keys, score,
-                                       stable_ties, size_key="layer.n_memories")
+                                       stable_ties, size_key="layer.n_memories", qk_norm=qk_norm)
         self.d_model, self.n_memories, self.heads, self.k = d_model, n_memories, heads, k
         self.values = nn.Parameter(torch.empty(n_memories, d_model).normal_(std=d_model**-0.5))
 
