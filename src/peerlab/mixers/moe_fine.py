@@ -19,9 +19,10 @@ coarser below (d_model 24: 48 experts of 1/4 width, top-4). Explicit ``n_experts
 from __future__ import annotations
 
 from peerlab.mixers.base import MixerConfigError
+from peerlab.mixers.matched_sizes import MIN_PARAM_RATIO
 from peerlab.mixers.moe import MoE
 
-MAX_EXPERTS, MAX_GRANULARITY, MIN_PARAM_RATIO = 128, 8, 10
+MAX_EXPERTS, MAX_GRANULARITY = 128, 8
 
 
 def fine_sizes(d_model: int) -> tuple[int, int]:
