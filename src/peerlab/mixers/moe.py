@@ -148,7 +148,7 @@ class MoE(Mixer):
         """Token choice through ``F.grouped_mm``: on the CPU in float32/bfloat16, where it is tested against the
         padded path; CUDA's kernels have other layout and dtype requirements, so CUDA pads."""
         return self.grouped_mm and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
-            and self.w1.dtype == x.dtype and hasattr(F, "grouped_mm")
+            and self.w1.dtype == x.dtype
 
     # ------------------------------------------------------------------ Mixer contract
     def aux_losses(self) -> dict[str, torch.Tensor]:
