@@ -1,7 +1,9 @@
 """Tables for issue 19 step 1: learning-rate sensitivity at the 8e12 optimum (s3), 3 seeds per setting.
 
 - ``lr_base_matched/table.md``: each layer's final validation loss at every base lr run; the study's own x1 seeds
-  (lr 2e-3) come from the committed ``isoflop_cpu_matched/runs.md``, since their run folders are not kept.
+  (lr 2e-3) come from the committed ``isoflop_cpu_matched/runs.md``, since their run folders are not kept; the
+  successors' (``moe_fine``, ``memory_plus``, ``peer_linear``, ``peer_matched_wide``) from their run folders, and a
+  successor is listed once it has an lr point of its own.
 - ``lr_groups_matched/table.md``: each sparse layer's own groups (PEER's expert tables, PKM's values, the product
   keys) at multiples of their lr, at the layer's best base lr, against that base point.
 
@@ -19,16 +21,24 @@ from pathlib import Path
 
 RESULTS = Path("experiments/results")
 LAYERS = ("ffw", "moe_matched", "pkm_matched", "peer_matched")
+SUCCESSORS = ("moe_fine", "memory_plus", "peer_linear", "peer_matched_wide")
 STUDY_LR = 2e-3
 
 
 def study_seeds() -> dict[str, list[float]]:
-    """The matched study's s3 / 8e12 final losses per layer (its runs.md)."""
+    """The s3 / 8e12 final losses per layer at the study's lr: the four layers' from the matched study's committed
+    runs.md, the successors' from their run folders in the study's sweep folder."""
     seeds: dict[str, list[float]] = {}
     for line in (RESULTS / "isoflop_cpu_matched" / "runs.md").read_text().splitlines():
         m = re.match(r"\| 8e12 \| (\w+) \| 0.114M \| (\d) \| [^|]+\| [^|]+\| [^|]+\| [^|]+\| ([\d.]+) \|", line)
         if m:
             seeds.setdefault(m[1], []).append(float(m[3]))
+    study = Path("runs/sweeps/isoflop_cpu_matched")
+    for r in completed(study) if study.is_dir() else []:
+        c = r["config"]
+        if (c["layer"]["name"] in SUCCESSORS and c["budget"] == 8e12 and c["model"]["name"] == "s3"
+                and c["optim"]["lr"] == STUDY_LR):
+            seeds.setdefault(c["layer"]["name"], []).append(r["final_val_loss"])
     return seeds
 
 
@@ -86,7 +96,9 @@ def base_table() -> tuple[str, dict[str, float]]:
     head = ["layer", *[f"lr {lr:g} (x{lr / STUDY_LR:g})" for lr in lrs], "best", "best - x1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best_lr = {}
-    for layer in LAYERS:
+    for layer in (*LAYERS, *SUCCESSORS):
+        if not any(lr != STUDY_LR for name, lr in by if name == layer):
+            continue  # a successor with no lr point of its own yet
         cells = [summary(by.get((layer, lr), []))[2] for lr in lrs]
         full = [(st.mean(by[(layer, lr)]), lr) for lr in lrs if len(by.get((layer, lr), [])) >= 3]
         best = min(full)[1] if full else None
@@ -95,7 +107,8 @@ def base_table() -> tuple[str, dict[str, float]]:
         verdict = "-" if best is None else ("x1 is best" if best == STUDY_LR else in_sd(by[(layer, best)], by[(layer, STUDY_LR)]))
         lines.append(f"| {layer} | " + " | ".join(cells) + f" | {best:g}{' (edge of the grid)' if edge else ''} | {verdict} |")
     text = ("Final validation loss (nats), mean ± seed sd (seeds), at 8e12 FLOPs on s3 (the 8e12 optimum of every "
-            "layer); x1 is the study's lr, its seeds from the study's runs.md. best - x1: difference of means, in sd "
+            "layer); x1 is the study's lr, its seeds from the study's runs.md (the successors': runs/sweeps/"
+            "isoflop_cpu_matched). best - x1: difference of means, in sd "
             "of the difference. Made by `python experiments/lr_tables.py` from runs/sweeps/lr_base_matched.\n\n"
             + "\n".join(lines) + "\n\nEvery run of this sweep:\n\n" + "\n".join(run_rows(runs, [])) + "\n")
     return text, best_lr
