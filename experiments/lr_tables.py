@@ -35,11 +35,14 @@ def study_seeds() -> dict[str, list[float]]:
             seeds.setdefault(m[1], []).append(float(m[3]))
     study = Path("runs/sweeps/isoflop_cpu_matched")
     for r in completed(study) if study.is_dir() else []:
-        c = r["config"]
-        if (c["layer"]["name"] in SUCCESSORS and c["budget"] == 8e12 and c["model"]["name"] == "s3"
-                and c["optim"]["lr"] == STUDY_LR):
-            seeds.setdefault(c["layer"]["name"], []).append(r["final_val_loss"])
+        if r["config"]["layer"]["name"] in SUCCESSORS and at_study_point(r["config"]):
+            seeds.setdefault(r["config"]["layer"]["name"], []).append(r["final_val_loss"])
     return seeds
+
+
+def at_study_point(config: dict) -> bool:
+    """A run at the study's 8e12 / s3 point and lr."""
+    return config["budget"] == 8e12 and config["model"]["name"] == "s3" and config["optim"]["lr"] == STUDY_LR
 
 
 def completed(root: Path) -> list[dict]:

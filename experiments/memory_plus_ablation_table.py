@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lr_tables import RESULTS, completed, in_sd, study_seeds, summary
+from lr_tables import RESULTS, at_study_point, completed, in_sd, study_seeds, summary
 
 ABLATION, STUDY = Path("runs/sweeps/memory_plus_ablation"), Path("runs/sweeps/isoflop_cpu_matched")
 STEPS = ("PKM (query BatchNorm, d_key 24)", "+ qk-norm instead of BatchNorm", "+ half the d_key (12)",
@@ -20,7 +20,7 @@ STEPS = ("PKM (query BatchNorm, d_key 24)", "+ qk-norm instead of BatchNorm", "+
 
 def step_of(config: dict) -> int | None:
     layer = config["layer"]
-    if config["budget"] != 8e12 or config["model"]["name"] != "s3" or config["optim"]["lr"] != 2e-3:
+    if not at_study_point(config):
         return None
     if layer["name"] == "memory_plus":
         return 3

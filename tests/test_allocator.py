@@ -49,9 +49,10 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert default["enabled"] is False and kept["enabled"] is True
     # By default every step faults its three 32 MiB blocks in again (glibc mmaps them, 24579 faults a step); kept
     # blocks stay mapped, and a step faults nothing. Some steps still fault one of the three in again (8192 or
-    # 16384 faults; cause not found): in 2 of 6 probes beside a CI run 1-3 of the 9 steps did, and on one CI run 5
-    # of 9, which failed an earlier check on the median step. So: every default step faults, the best kept step
-    # faults nothing of it, and the kept steps fault under half of what the default ones do in all.
+    # 16384 faults; cause not found): in each of 6 probes beside a CI run 2-3 of the 9 steps did (in 2 probes
+    # beside two studies none did), and on one CI run 5 of 9, which failed an earlier check on the median step.
+    # So: every default step faults, the best kept step faults nothing of it, and the kept steps fault under half
+    # of what the default ones do in all.
     fewest_default, fewest_kept = default["faults"][0], kept["faults"][0]
     assert fewest_default > 10_000 and fewest_kept < fewest_default / 4, (default, kept)
     assert sum(kept["faults"]) < sum(default["faults"]) / 2, (default, kept)
