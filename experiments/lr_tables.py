@@ -5,7 +5,7 @@
   successors' (``moe_fine``, ``memory_plus``, ``peer_linear``, ``peer_matched_wide``) from their run folders, and a
   successor is listed once it has an lr point of its own.
 - ``lr_groups_matched/table.md``: each sparse layer's own groups (PEER's expert tables, PKM's values, the product
-  keys) at multiples of their lr, at the layer's best base lr, against that base point.
+  keys; Memory+'s values) at multiples of their lr, at the layer's best base lr, against that base point.
 
 Each best setting is compared with the layer's reference in seed sd of the difference of means (sqrt(s1^2/n1 +
 s2^2/n2)); "> 2 sd" marks the settings that issue 19 reruns the 8e12 row with.
@@ -117,7 +117,8 @@ def base_table() -> tuple[str, dict[str, float]]:
     return text, best_lr
 
 
-GROUPS = {"peer_matched": ("peer_experts", "product_keys"), "pkm_matched": ("pkm_values", "product_keys")}
+GROUPS = {"peer_matched": ("peer_experts", "product_keys"), "pkm_matched": ("pkm_values", "product_keys"),
+          "memory_plus": ("pkm_values",)}
 
 
 def groups_table() -> str | None:
