@@ -87,14 +87,20 @@ def group_lr(r: dict, group: str):
     return (r["config"]["optim"].get("groups", {}).get(group) or {}).get("lr", "-")
 
 
-def base_table() -> tuple[str, dict[str, float]]:
-    """The base-lr table, and each layer's best base lr among settings with 3 seeds."""
-    runs = completed(Path("runs/sweeps/lr_base_matched"))
+def base_points() -> dict[tuple[str, float], list[float]]:
+    """Final losses per (layer, base lr): lr_base_matched's runs and the study's own x1 seeds."""
     by: dict[tuple[str, float], list[float]] = {}
-    for r in runs:
+    for r in completed(Path("runs/sweeps/lr_base_matched")):
         by.setdefault((r["config"]["layer"]["name"], r["config"]["optim"]["lr"]), []).append(r["final_val_loss"])
     for layer, values in study_seeds().items():
         by[(layer, STUDY_LR)] = values
+    return by
+
+
+def base_table() -> tuple[str, dict[str, float]]:
+    """The base-lr table, and each layer's best base lr among settings with 3 seeds."""
+    runs = completed(Path("runs/sweeps/lr_base_matched"))
+    by = base_points()
     lrs = sorted({lr for _, lr in by})
     head = ["layer", *[f"lr {lr:g} (x{lr / STUDY_LR:g})" for lr in lrs], "best", "best - x1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -121,16 +127,13 @@ GROUPS = {"peer_matched": ("peer_experts", "product_keys"), "pkm_matched": ("pkm
           "memory_plus": ("pkm_values",)}
 
 
-def groups_table() -> str | None:
+def group_runs() -> list[dict]:
     root = Path("runs/sweeps/lr_groups_matched")
-    runs = completed(root) if root.is_dir() else []
-    if not runs:
-        return None
-    base = {}
-    for r in completed(Path("runs/sweeps/lr_base_matched")):
-        base.setdefault((r["config"]["layer"]["name"], r["config"]["optim"]["lr"]), []).append(r["final_val_loss"])
-    lines = ["| layer | base lr | group | group lr | final val loss | - the base point (group at its default) |",
-             "|---|---|---|---|---|---|"]
+    return completed(root) if root.is_dir() else []
+
+
+def group_points(runs: list[dict]) -> dict[tuple[str, float, str, float], list[float]]:
+    """Final losses per (layer, base lr, group, group lr) for the groups set away from their default."""
     settings: dict[tuple, list[float]] = {}
     for r in runs:
         layer, lr = r["config"]["layer"]["name"], r["config"]["optim"]["lr"]
@@ -139,7 +142,19 @@ def groups_table() -> str | None:
             default = 1e-3 if group == "pkm_values" else "-"
             if glr not in ("-", default):
                 settings.setdefault((layer, lr, group, glr), []).append(r["final_val_loss"])
-    for (layer, lr, group, glr), values in sorted(settings.items()):
+    return settings
+
+
+def groups_table() -> str | None:
+    runs = group_runs()
+    if not runs:
+        return None
+    base = {}
+    for r in completed(Path("runs/sweeps/lr_base_matched")):
+        base.setdefault((r["config"]["layer"]["name"], r["config"]["optim"]["lr"]), []).append(r["final_val_loss"])
+    lines = ["| layer | base lr | group | group lr | final val loss | - the base point (group at its default) |",
+             "|---|---|---|---|---|---|"]
+    for (layer, lr, group, glr), values in sorted(group_points(runs).items()):
         ref = base.get((layer, lr), [])
         lines.append(f"| {layer} | {lr:g} | {group} | {glr:g} | {summary(values)[2]} | {in_sd(values, ref) if ref else '-'} |")
     extra = sorted({g for gs in GROUPS.values() for g in gs})
@@ -147,6 +162,29 @@ def groups_table() -> str | None:
             "other setting at the layer's base point (runs/sweeps/lr_base_matched, same base lr). Made by `python "
             "experiments/lr_tables.py` from runs/sweeps/lr_groups_matched.\n\n" + "\n".join(lines)
             + "\n\nEvery run of this sweep:\n\n" + "\n".join(run_rows(runs, extra)) + "\n")
+
+
+def best_table() -> str:
+    """Every layer at its best setting by mean among those with 3 seeds (base lr, or base lr plus one group's
+    lr), at the same point (8e12, s3), against dense and PEER."""
+    best: dict[str, tuple[float, str, list[float]]] = {}
+    candidates = [(layer, f"lr {lr:g}", v) for (layer, lr), v in base_points().items()]
+    candidates += [(layer, f"lr {lr:g}, {group} {glr:g}", v) for (layer, lr, group, glr), v in group_points(group_runs()).items()]
+    for layer, label, values in candidates:
+        if len(values) >= 3 and (layer not in best or st.mean(values) < best[layer][0]):
+            best[layer] = (st.mean(values), label, values)
+    tried = {layer: sum(len(v) >= 3 for name, _, v in candidates if name == layer) for layer in best}
+    lines = ["| layer | best setting (of the settings tried) | final val loss | - ffw | - peer_matched |",
+             "|---|---|---|---|---|"]
+    for layer, (_, label, values) in sorted(best.items(), key=lambda kv: kv[1][0]):
+        vs = [in_sd(values, best[ref][2]) if ref in best and ref != layer else "" for ref in ("ffw", "peer_matched")]
+        lines.append(f"| {layer} | {label} ({tried[layer]}) | {summary(values)[2]} | {vs[0]} | {vs[1]} |")
+    return ("Every layer at its best learning-rate setting, at 8e12 FLOPs on s3 (every layer's 8e12 optimum at the "
+            "study's lr lies within a factor 1.5 of s3's size): final validation loss, mean ± seed sd (seeds), "
+            "ordered best first. The best is the lowest mean among the settings with 3 seeds, which favours the layers "
+            "with more settings tried (in brackets): a few hundredths of a nat at these seed spreads. - ffw, - "
+            "peer_matched: difference of means, in sd of the difference. Made by `python experiments/lr_tables.py`.\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -158,6 +196,9 @@ def main() -> None:
         (RESULTS / "lr_groups_matched").mkdir(exist_ok=True)
         (RESULTS / "lr_groups_matched" / "table.md").write_text(groups)
         print(groups.split("\n\nEvery run")[0])
+    (RESULTS / "lr_tuned_s3").mkdir(exist_ok=True)
+    (RESULTS / "lr_tuned_s3" / "table.md").write_text(best := best_table())
+    print(best)
 
 
 if __name__ == "__main__":
