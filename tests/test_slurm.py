@@ -194,7 +194,10 @@ def test_usr2_mid_training_saves_the_step_reached_and_the_requeued_job_ends_iden
     proc = sweep(tmp_path, cluster, *RUN, swept="run_name=victim")
     job = wait_for(lambda: job_of(tmp_path / "sweep"), "the job id", proc=proc)
     run_dir = tmp_path / "sweep" / "run_name=victim"
-    wait_for(lambda: logged_steps(run_dir) >= 200, "200 logged steps", proc=proc)
+    # Step 220, between the validations at steps 200 and 300 (val_every_steps=100): waiting for step 200 raced the
+    # validation that starts right after it (the signal landed there once on CI). The 0.2 s poll and scancel's
+    # delivery add tens of steps at the ~60 steps/s measured there, short of step 300.
+    wait_for(lambda: logged_steps(run_dir) >= 220, "220 logged steps", proc=proc)
     subprocess.run(["scancel", "--signal=USR2", job], env=cluster, check=True)
     wait_for(lambda: release_requeued(job, cluster), "the requeue", proc=proc)
     out, err = proc.communicate(timeout=600)
@@ -202,7 +205,7 @@ def test_usr2_mid_training_saves_the_step_reached_and_the_requeued_job_ends_iden
     log = "".join(p.read_text() for p in sorted((tmp_path / "sweep" / ".submitit").glob(f"{job}/*_log.*")))
     found = saved_message(log, "SIGUSR2")
     received, saved = int(found[1]), int(found[3])
-    assert found[2] == "training" and received >= 200 and received <= saved <= received + 1  # no finished step lost
+    assert found[2] == "training" and 220 <= received < 300 and received <= saved <= received + 1  # no step lost
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["resumed_from_step"] == saved
     ref, ref_weights = reference
