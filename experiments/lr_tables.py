@@ -149,9 +149,7 @@ def groups_table() -> str | None:
     runs = group_runs()
     if not runs:
         return None
-    base = {}
-    for r in completed(Path("runs/sweeps/lr_base_matched")):
-        base.setdefault((r["config"]["layer"]["name"], r["config"]["optim"]["lr"]), []).append(r["final_val_loss"])
+    base = base_points()
     lines = ["| layer | base lr | group | group lr | final val loss | - the base point (group at its default) |",
              "|---|---|---|---|---|---|"]
     for (layer, lr, group, glr), values in sorted(group_points(runs).items()):
