@@ -73,7 +73,7 @@ TRAIN_STEPS: dict[str, Callable[[], Transformer]] = {
 # one thread per process; a matched sparse layer costs ~0.28x the FFW it replaces, so its model should train at
 # >= 0.8x its dense backbone's tokens/s.
 STUDY_BATCH, STUDY_SEQ, STUDY_VOCAB = 16, 128, 512
-STUDY_MODELS = ("s2", "s4", "s6")
+STUDY_MODELS = ("s2", "s3", "s4", "s5", "s6")
 STUDY_LAYERS = ("ffw", "peer_matched", "pkm_matched", "moe_matched", "memory_plus", "peer_linear", "moe_fine",
                 "peer_matched_wide")
 STUDY_STEPS = {f"study-{m}-{layer}": (m, layer) for m in STUDY_MODELS for layer in STUDY_LAYERS}
