@@ -45,9 +45,14 @@ def test_lightning_setup_settles_the_tables_for_the_backend(monkeypatch):
         module = LanguageModel(model, {**layer, "sparse_grads": requested}, {}, 64, 8, 8, 10, 1e9)
         monkeypatch.setattr(sparse_grads, "process_group", lambda b=backend: (b, 2))
         monkeypatch.setattr("peerlab.mixers.peer.process_group", lambda b=backend: (b, 2))
+        monkeypatch.setattr("peerlab.lit_module.process_group", lambda b=backend: (b, 2))
         module.setup("fit")
         peer = module.model.mixers[0]
         assert peer.down.sparse is peer.up.sparse is want_sparse
+        # Sparse tables stay out of DDP's reducer (which wraps this module) and are averaged by the module itself.
+        tables = ["model.blocks.0.mixer.down.weight", "model.blocks.0.mixer.up.weight"]
+        assert getattr(module, "_ddp_params_and_buffers_to_ignore", []) == (tables if want_sparse else [])
+        assert module._reduced_here == ([peer.down.weight, peer.up.weight] if want_sparse else [])
         x = torch.randn(1, 4, 32)
         peer(x).sum().backward()
         assert peer.up.weight.grad.is_sparse is want_sparse

@@ -134,7 +134,7 @@ def test_launcher_configs_compose(launcher, target, key, value):
     assert cfg.hydra.launcher[key] == value
 
 
-# PEER with sparse (row-wise) expert-table gradients, which DDP all-reduces apart from its dense buckets; LayerNorm
+# PEER with sparse (row-wise) expert-table gradients, which the module averages outside DDP's reducer; LayerNorm
 # queries, because BatchNorm statistics over 4 tokens per rank differ from those over 8 in one process.
 PEER_DDP = ["layer=peer_small", "layer.n_experts=256", "layer.d_key=16", "layer.query_norm=layer",
             "layer.sparse_grads=auto"]

@@ -12,7 +12,9 @@ import torch
 
 from peerlab.builders import build_model
 from peerlab.flops import flops_breakdown
+from peerlab.mixers.sparse_grads import process_group
 from peerlab.optim import LazyAdamW, clip_grad_norm
+from peerlab.sparse_allreduce import all_reduce_sparse_mean, broadcast_from_rank0, ignore_in_ddp, sparse_grad_params
 
 log = logging.getLogger(__name__)
 # How PEER's tables get gradients (mixers/sparse_grads.py), as results.json and the start-up log name it.
@@ -61,6 +63,7 @@ class LanguageModel(L.LightningModule):
         self._val_sum = 0.0
         self._val_count = 0
         self.expert_grads: dict[str, str] = {}  # resolved in setup(), once the process group exists
+        self._reduced_here: list[torch.nn.Parameter] = []  # sparse-gradient tables DDP leaves to us (setup())
         # (step, loss) of the first non-finite training loss, -1 while there is none. Kept on the device and read
         # at logging steps and before every checkpoint, so that no step waits on a host synchronisation.
         self._first_nonfinite: torch.Tensor | None = None
@@ -74,6 +77,21 @@ class LanguageModel(L.LightningModule):
                              if hasattr(m, "grad_mode")}
         if self.expert_grads and self._trainer is not None and self._trainer.is_global_zero:
             log.info("expert tables: %s", ", ".join(sorted(set(self.expert_grads.values()))))
+        # Tables with sparse gradients stay out of DDP's reducer: we average them ourselves, before each optimizer
+        # step, on the main thread (sparse_allreduce.py says why).
+        sparse = sparse_grad_params(self) if process_group()[0] is not None else {}
+        if sparse:
+            ignore_in_ddp(self, sparse)
+        self._reduced_here = list(sparse.values())
+
+    def on_fit_start(self) -> None:
+        if self._reduced_here:  # DDP broadcasts rank 0's weights at wrap time, but not those it ignores
+            broadcast_from_rank0(self._reduced_here)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Called once per optimizer step, after the last accumulated backward and before gradient clipping.
+        if self._reduced_here:
+            all_reduce_sparse_mean(self._reduced_here)
 
     # ------------------------------------------------------------------ progress counters
     def flops_done(self, steps: int | None = None) -> int:

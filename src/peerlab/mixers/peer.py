@@ -79,8 +79,8 @@ class PEER(Mixer):
                                        stable_ties, size_key="layer.n_experts")
         self.d_model, self.n_experts, self.heads, self.k = d_model, n_experts, heads, k
         self.act = activation_fn(activation)
-        # ``sparse`` marks the tables' gradients as sparse for DistributedDataParallel, which all-reduces them apart
-        # from its dense buckets; the expert functions produce them. Set for the backend in prepare_for_backend().
+        # ``sparse`` marks the tables' gradients as sparse: the expert functions produce them, and under DDP the
+        # LightningModule averages them outside DDP's reducer (sparse_allreduce.py). Set in prepare_for_backend().
         self.down = nn.Embedding(n_experts, d_model, sparse=self.sparse_grads is not False)  # u_i
         self.up = nn.Embedding(n_experts, d_model, sparse=self.sparse_grads is not False)  # v_i
         # Match a dense FFW of width dense_hidden_mult * d_model at init: u like its first layer's rows; v scaled

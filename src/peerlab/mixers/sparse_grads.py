@@ -1,15 +1,16 @@
 """Which gradients PEER's expert tables get (``layer.sparse_grads``): sparse rows, or dense N x d_model tables.
 
 Sparse row gradients pay when a step retrieves fewer rows than N: backward and the optimizer then touch only those
-rows (:class:`peerlab.optim.LazyAdamW`). They must also be reducible: DistributedDataParallel all-reduces sparse
-gradients through the process group, which only gloo implements; NCCL has no sparse all-reduce
-(pytorch/pytorch#22400). ``auto`` (the default) therefore chooses:
+rows (:class:`peerlab.optim.LazyAdamW`). Under DDP they must also be averaged across processes: the LightningModule
+keeps sparse tables out of DDP's reducer and averages them itself (``peerlab/sparse_allreduce.py``, which says why:
+torch's gloo sparse all-reduce corrupted the heap in our runs). That path is tested on gloo only; NCCL has no sparse
+all-reduce for DDP either (pytorch/pytorch#22400). ``auto`` (the default) therefore chooses:
 
 | where | gradients |
 |---|---|
 | one process | sparse in a step that retrieves fewer than N rows, dense in a step that retrieves all N |
-| DDP on gloo | sparse (DDP fixes a parameter's kind when it wraps the model) |
-| DDP on NCCL or another backend (one process too) | dense; at the paper's batch (262k tokens x 128 retrievals, N = 1M) nearly every row is retrieved anyway |
+| DDP on gloo | sparse in every step (which tables are sparse is fixed when DDP wraps the model), averaged by peerlab |
+| DDP on NCCL or another backend (one process too) | dense, through DDP's buckets; at the paper's batch (262k tokens x 128 retrievals, N = 1M) nearly every row is retrieved anyway |
 
 A dense and a sparse step give the same update when every row is retrieved. When some rows are not, LazyAdamW leaves
 them untouched under sparse gradients, while dense AdamW also moves them along their momentum (and their zero
