@@ -14,7 +14,12 @@ from peerlab.builders import build_model
 from peerlab.flops import flops_breakdown
 from peerlab.mixers.sparse_grads import process_group
 from peerlab.optim import LazyAdamW, clip_grad_norm
-from peerlab.sparse_allreduce import all_reduce_sparse_mean, broadcast_from_rank0, ignore_in_ddp, sparse_grad_params
+from peerlab.sparse_allreduce import (
+    all_reduce_sparse_mean,
+    broadcast_from_rank0,
+    ignore_in_ddp,
+    sparse_grad_params,
+)
 
 log = logging.getLogger(__name__)
 # How PEER's tables get gradients (mixers/sparse_grads.py), as results.json and the start-up log name it.

@@ -89,5 +89,5 @@ def all_reduce_sparse_mean(params: Iterable[torch.Tensor], group: dist.ProcessGr
         rows = torch.cat([r[:n] for r, n in zip(all_rows, nnz, strict=True)])
         values = torch.cat([v[:n] for v, n in zip(all_values, nnz, strict=True)])
         # Summing in rank order makes the sum, and so the update, bit-identical on every rank.
-        total = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape).coalesce()
+        total = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape, check_invariants=False).coalesce()
         p.grad = total / world
