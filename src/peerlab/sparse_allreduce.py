@@ -2,11 +2,11 @@
 
 PEER's expert tables get sparse COO gradients (``mixers/sparse_grads.py``). DistributedDataParallel would reduce
 them with the process group's sparse all-reduce, which only gloo has and which runs in gloo's worker threads; in
-our two-process CPU runs that path corrupted the heap ("malloc(): unaligned tcache chunk detected" after a few
-thousand steps of a 2-rank PEER run, reproduced under load, core dumps inside ``AsyncSparseAllreduceWork``). So the
-tables stay out of DDP's reducer (:func:`ignore_in_ddp`) and, before every optimizer step, each rank gathers every
-rank's rows and values with two padded ``all_gather`` calls, sums them and divides by the world size, as DDP would
-(:func:`all_reduce_sparse_mean`). Dense ``all_gather`` exists on every backend, so nothing here is gloo-specific.
+our two-process CPU runs that path corrupted the heap ("malloc(): unaligned tcache chunk detected", or SIGSEGV,
+after thousands to tens of thousands of steps of a 2-rank PEER run; core dumps inside ``AsyncSparseAllreduceWork``;
+``tests/ddp_sparse_stress.py`` runs both ways). So the tables stay out of DDP's reducer (:func:`ignore_in_ddp`)
+and, before every optimizer step, each rank gathers every rank's rows and values with two padded ``all_gather``
+calls, sums them and divides by the world size, as DDP would (:func:`all_reduce_sparse_mean`). Dense ``all_gather`` exists on every backend, so nothing here is gloo-specific.
 
 Each rank sends its own nnz rows, so the traffic is ``world x max nnz x d`` per table, which is what a sparse
 all-reduce moves too. DDP does not broadcast ignored parameters at wrap time either: :func:`broadcast_from_rank0`
