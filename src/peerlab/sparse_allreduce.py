@@ -6,7 +6,8 @@ our two-process CPU runs that path corrupted the heap ("malloc(): unaligned tcac
 after thousands to tens of thousands of steps of a 2-rank PEER run; core dumps inside ``AsyncSparseAllreduceWork``;
 ``tests/ddp_sparse_stress.py`` runs both ways). So the tables stay out of DDP's reducer (:func:`ignore_in_ddp`)
 and, before every optimizer step, each rank gathers every rank's rows and values with two padded ``all_gather``
-calls, sums them and divides by the world size, as DDP would (:func:`all_reduce_sparse_mean`). Dense ``all_gather`` exists on every backend, so nothing here is gloo-specific.
+calls, sums them and divides by the world size, as DDP would (:func:`all_reduce_sparse_mean`). Dense
+``all_gather`` exists on every backend, so nothing here is gloo-specific (it has run on gloo only).
 
 Each rank sends its own nnz rows, so the traffic is ``world x max nnz x d`` per table, which is what a sparse
 all-reduce moves too. DDP does not broadcast ignored parameters at wrap time either: :func:`broadcast_from_rank0`
