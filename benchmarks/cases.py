@@ -100,20 +100,26 @@ def tokens_per_step(name: str) -> int:
     return STUDY_BATCH * STUDY_SEQ if name in STUDY_STEPS else BATCH * SEQ
 
 
+def layer_step(layer: torch.nn.Module, batch: int, seq: int, d_model: int, g: torch.Generator) -> Step:
+    """One forward + backward of ``layer`` on fixed ``(batch, seq, d_model)`` inputs drawn from ``g``, against a
+    fixed random probe of its output."""
+    x = torch.randn(batch, seq, d_model, generator=g).requires_grad_()
+    probe = torch.randn(batch, seq, d_model, generator=g)
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        (layer(x) * probe).sum().backward()
+
+    return step
+
+
 def build(name: str) -> tuple[torch.nn.Module, Step]:
     """The module and a ``step()`` that runs one measured iteration on fixed inputs."""
     g = torch.Generator().manual_seed(0)
     if name in LAYERS:
         layer = LAYERS[name]().train()
-        x = torch.randn(BATCH, SEQ, D_MODEL, generator=g).requires_grad_()
-        probe = torch.randn(BATCH, SEQ, D_MODEL, generator=g)
-
-        def layer_step() -> None:
-            layer.zero_grad(set_to_none=True)
-            x.grad = None
-            (layer(x) * probe).sum().backward()
-
-        return layer, layer_step
+        return layer, layer_step(layer, BATCH, SEQ, D_MODEL, g)
     if name in STUDY_STEPS:
         torch.set_num_threads(1)  # the study runs two one-thread processes on two cores
         model = study_model(*STUDY_STEPS[name]).train()

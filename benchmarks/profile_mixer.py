@@ -17,24 +17,15 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.cases import STUDY_BATCH, STUDY_LAYERS, STUDY_MODELS, STUDY_SEQ, study_model
+from benchmarks.cases import STUDY_BATCH, STUDY_LAYERS, STUDY_MODELS, STUDY_SEQ, layer_step, study_model
 
 
 def mixer_step(model_name: str, layer_name: str):
     """The sparse block's mixer and one forward + backward of it on fixed inputs."""
     model = study_model(model_name, layer_name).train()
     block = model.sparse_blocks[0] if model.sparse_blocks else (len(model.blocks) - 1) // 2  # "middle"
-    mixer, d_model = model.blocks[block].mixer, model.shape.d_model
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(STUDY_BATCH, STUDY_SEQ, d_model, generator=g).requires_grad_()
-    probe = torch.randn(STUDY_BATCH, STUDY_SEQ, d_model, generator=g)
-
-    def step() -> None:
-        mixer.zero_grad(set_to_none=True)
-        x.grad = None
-        (mixer(x) * probe).sum().backward()
-
-    return mixer, step
+    mixer = model.blocks[block].mixer
+    return mixer, layer_step(mixer, STUDY_BATCH, STUDY_SEQ, model.shape.d_model, torch.Generator().manual_seed(0))
 
 
 def median_ms(step, steps: int) -> float:
