@@ -23,9 +23,14 @@ def run_ranks(tmp_path: Path, mode: str, world: int = 2) -> list[dict]:
     outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
     procs = [subprocess.Popen([sys.executable, str(HERE / "ddp_sparse_worker.py"), str(r), str(world), str(store),
                                str(outs[r]), mode], stderr=subprocess.PIPE, text=True) for r in range(world)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+    finally:  # a rank that failed leaves the other waiting in a collective: stop both, also when the test fails
+        for p in procs:
+            p.kill()
+            p.wait()
     return [torch.load(o, weights_only=True) for o in outs]
 
 
