@@ -7,13 +7,16 @@ the others get ``dense_mixer(...)``. Both factories take ``d_model`` and ``n_lay
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from peerlab.lm_loss import lm_loss
 from peerlab.mixers.base import Mixer
 
 MixerFactory = Callable[..., Mixer]
@@ -76,6 +79,22 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
+@contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Leave BatchNorm's running statistics as they were: a checkpointed block's recomputation must not count its
+    batch a second time (the query BatchNorm of PEER and PKM)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, kept, strict=True):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 class Block(nn.Module):
     def __init__(self, shape: ModelShape, mixer: Mixer) -> None:
         super().__init__()
@@ -83,8 +102,17 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(shape.d_model, shape.n_head, shape.n_layer)
         self.ln_mixer = nn.LayerNorm(shape.d_model)
         self.mixer = mixer
+        # Activation checkpointing (trainer.activation_checkpointing): keep only the block's input and recompute
+        # the block in backward. Inside forward, so a sharded block's weights are gathered for the recomputation.
+        self.checkpointed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False,
+                              context_fn=lambda: (nullcontext(), _running_stats_kept(self)))
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x))
         return x + self.mixer(self.ln_mixer(x))
 
@@ -112,24 +140,44 @@ class Transformer(nn.Module):
             blocks.append(Block(shape, factory(d_model=shape.d_model, n_layer=shape.n_layer)))
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(shape.d_model)
+        self.loss_chunk_tokens = 0  # trainer.loss_chunk_tokens: the LM head's loss in chunks of this many tokens
 
     @property
     def mixers(self) -> list[Mixer]:
         return [block.mixer for block in self.blocks]
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(batch, time, vocab)`` for token ids ``(batch, time)``; with ``targets``, the mean next-token
+        loss instead (in the forward pass, where a sharded model's weights are gathered)."""
         t = idx.shape[1]
         if t > self.shape.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model's seq_len={self.shape.seq_len}")
         x = self.tok_emb(idx) + self.pos_emb.weight[:t]
         for block in self.blocks:
             x = block(x)
-        return F.linear(self.ln_f(x), self.tok_emb.weight)
+        h = self.ln_f(x)
+        if targets is None:
+            return F.linear(h, self.tok_emb.weight)
+        return lm_loss(h.flatten(0, 1), self.tok_emb.weight, targets.flatten(), self.loss_chunk_tokens)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(idx)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return self(idx, targets)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        for block in self.blocks:
+            block.checkpointed = enabled
+
+    @contextmanager
+    def usage_paused(self) -> Iterator[None]:
+        """Forward passes inside do not count towards the mixers' usage statistics (padding batches)."""
+        counting = [m for m in self.modules() if hasattr(m, "count_usage")]
+        for m in counting:
+            m.count_usage = False
+        try:
+            yield
+        finally:
+            for m in counting:
+                m.count_usage = True
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}

@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The byte sizes a training step's tensors take: ``float_bytes`` for weights and full-precision activations
+    (4, or 8 in float64 runs), ``matmul_bytes`` for the outputs of matrix products under autocast (2 for bf16/fp16
+    mixed precision, else ``float_bytes``)."""
+
+    float_bytes: int = 4
+    matmul_bytes: int = 4
+
+    @property
+    def autocast(self) -> bool:
+        return self.matmul_bytes < self.float_bytes
+
+
+@dataclass(frozen=True)
+class ActivationMemory:
+    """What a mixer holds for one micro-batch during a training step, besides its parameters and their ``.grad``
+    (``peerlab.memory`` adds those). Bytes, for the whole micro-batch.
+
+    - ``saved``: kept by autograd from the forward to the backward pass, the mixer's copy of its input included.
+    - ``forward_peak``: the most held at once inside its forward on top of ``saved`` (scores, gather buffers).
+    - ``backward_peak``: the most held at once inside its backward on top of what is saved (gradients of
+      activations, row-gradient buffers, a dense table gradient before it lands in ``.grad``).
+    - ``autocast_params``: parameters that autocast copies to 16 bits for a matmul (copies kept until backward, and
+      16-bit gradients made before the float32 ones); 0 without autocast.
+    """
+
+    saved: int
+    forward_peak: int = 0
+    backward_peak: int = 0
+    autocast_params: int = 0
 
 
 class Mixer(nn.Module):
@@ -17,9 +52,15 @@ class Mixer(nn.Module):
     - :meth:`reset_usage` / :meth:`usage_stats`: routing statistics accumulated in eval mode (sparse layers).
     - :meth:`optimizer_groups`: named parameter groups that need their own optimizer settings.
     - :meth:`prepare_for_backend`: settle what depends on the process group, before DDP wraps the model.
+    - :meth:`activation_memory`: the bytes a training step's micro-batch holds in it (``peerlab.memory``).
+    - :meth:`usage_tensors`: the tensors behind :meth:`usage_stats`, summed over data-parallel ranks.
+    - :attr:`full_precision`: True for a mixer that runs its forward in its parameters' precision with autocast
+      off (retrieval in float32); sharded training keeps such a mixer's parameters in float32.
     """
 
     aux_loss: torch.Tensor | None = None
+    full_precision: bool = False
+    count_usage: bool = True  # False while a padding batch (sharded validation) runs: it must not count
 
     def flops_per_token(self) -> int:
         raise NotImplementedError
@@ -38,9 +79,20 @@ class Mixer(nn.Module):
         """Routing statistics accumulated since :meth:`reset_usage` (empty for dense mixers)."""
         return {}
 
-    def prepare_for_backend(self) -> None:
-        """Called once the process group (if any) exists and before DDP wraps the model: a mixer whose gradients
-        depend on the backend (PEER's sparse tables) settles them here."""
+    def prepare_for_backend(self, sharded: bool = False, group: tuple[str | None, int] | None = None) -> None:
+        """Called once the process group (if any) exists and before DDP or FSDP wraps the model (``sharded``: FSDP):
+        a mixer whose gradients depend on the backend (PEER's sparse tables) settles them here. ``group``:
+        ``(backend, world size)`` to settle for instead of the live process group's (the memory planner's)."""
+
+    def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
+        """Bytes held for a micro-batch of ``tokens`` tokens in a training step (``device_type``: where it runs,
+        which picks among implementations). Checked against torch's saved-tensor hooks in tests/test_memory.py."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its activation memory")
+
+    def usage_tensors(self) -> list[torch.Tensor]:
+        """The accumulators behind :meth:`usage_stats` whose sum over processes is the usage of all their batches
+        (validation sharded across data-parallel ranks sums them before reading the statistics)."""
+        return []
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters that train with their own optimizer settings, keyed by group name (see ``optim.groups``)."""

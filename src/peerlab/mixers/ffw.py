@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from peerlab.mixers.activations import activation_fn
-from peerlab.mixers.base import Mixer
+from peerlab.mixers.base import ActivationMemory, Mixer, Precision
 
 
 class FeedForward(Mixer):
@@ -41,3 +41,11 @@ class FeedForward(Mixer):
 
     def flops_per_token(self) -> int:
         return 2 * 2 * self.d_model * self.d_hidden
+
+    def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
+        c = precision.matmul_bytes  # its input (or autocast's copy of it), the hidden pre-activation and activation
+        return ActivationMemory(
+            saved=tokens * c * (self.d_model + 2 * self.d_hidden),
+            backward_peak=tokens * 2 * c * self.d_hidden,  # gradients of the activation and of its input
+            autocast_params=2 * self.d_model * self.d_hidden if precision.autocast else 0,
+        )

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peerlab.mixers.base import ActivationMemory, Precision
 from peerlab.mixers.pkm import PKM
 
 
@@ -60,3 +61,13 @@ class MemoryPlus(PKM):
 
     def active_params(self) -> int:
         return super().active_params() + 2 * self.d_model**2
+
+    def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
+        """PKM's read, plus the gate's: autocast's copy of the input, the gate and its SiLU, the read (float32) and
+        the gated product (or autocast's copy of it) that W2 keeps."""
+        read = super().activation_memory(tokens, precision, device_type)
+        c, f, d = precision.matmul_bytes, precision.float_bytes, self.d_model
+        gate = tokens * d * ((c if precision.autocast else 0) + 2 * c + f + c)
+        return ActivationMemory(saved=read.saved + gate, forward_peak=read.forward_peak,
+                                backward_peak=max(read.backward_peak, tokens * d * (2 * f + 2 * c)),
+                                autocast_params=2 * d * d if precision.autocast else 0)

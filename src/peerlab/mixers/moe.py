@@ -29,10 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerlab.mixers.activations import activation_fn
-from peerlab.mixers.base import Mixer, MixerConfigError
+from peerlab.mixers.base import ActivationMemory, Mixer, MixerConfigError, Precision
 from peerlab.mixers.usage import usage_metrics
 
 ROUTINGS = ("expert_choice", "token_choice")
+# Token choice's padded path (CUDA) sizes every expert's group to the largest: the planner takes the largest group
+# at twice the mean, what 64-128 experts show at the start of training (the docstring's 1.8-1.9x).
+PADDED_GROUP_FACTOR = 2.0
 
 
 class MoE(Mixer):
@@ -73,8 +76,8 @@ class MoE(Mixer):
         self.padded_slots = 0  # token choice: empty expert slots in the last batched matmul (wasted, not counted)
         self.grouped_mm = True  # token choice: F.grouped_mm where it runs (CPU, float32/bfloat16); False: always pad
         self.register_buffer("routed_mass", torch.zeros(0, dtype=torch.float64), persistent=False)
-        self._tokens_seen = 0
-        self._tokens_dropped = 0
+        # tokens seen and tokens no expert picked (expert choice), as a tensor so that ranks can sum them
+        self.register_buffer("token_counts", torch.zeros(2, dtype=torch.float64), persistent=False)
 
     def capacity(self, tokens: int) -> int:
         return min(tokens, max(1, round(self.capacity_factor * tokens / self.n_experts)))
@@ -107,8 +110,8 @@ class MoE(Mixer):
         if self._tracking():
             with torch.no_grad():
                 self.routed_mass += gates.sum(-1).double()
-                self._tokens_seen += x.shape[0]
-                self._tokens_dropped += x.shape[0] - int(token_idx.unique().numel())
+                self.token_counts += torch.tensor([x.shape[0], x.shape[0] - int(token_idx.unique().numel())],
+                                                  dtype=torch.float64, device=self.token_counts.device)
         return y
 
     def _token_choice(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -141,7 +144,7 @@ class MoE(Mixer):
         if self._tracking():
             with torch.no_grad():
                 self.routed_mass.index_add_(0, flat_experts, weights.flatten().double())
-                self._tokens_seen += tokens
+                self.token_counts[0] += tokens
         return y
 
     def _grouped(self, x: torch.Tensor) -> bool:
@@ -167,14 +170,52 @@ class MoE(Mixer):
         return self.router.weight.numel() + int(round(share * 2 * self.d_model * self.d_hidden))
 
     def _tracking(self) -> bool:
-        return not self.training and self.routed_mass.numel() > 0
+        return not self.training and self.routed_mass.numel() > 0 and self.count_usage
 
     def reset_usage(self) -> None:
         self.routed_mass = torch.zeros(self.n_experts, dtype=torch.float64, device=self.w1.device)
-        self._tokens_seen = self._tokens_dropped = 0
+        self.token_counts = torch.zeros(2, dtype=torch.float64, device=self.w1.device)
 
     def usage_stats(self) -> dict[str, float]:
         stats = usage_metrics(self.routed_mass)
         if stats and self.routing == "expert_choice":
-            stats["dropped_tokens"] = self._tokens_dropped / max(1, self._tokens_seen)
+            seen, dropped = self.token_counts.tolist()
+            stats["dropped_tokens"] = dropped / max(1.0, seen)
         return stats
+
+    def usage_tensors(self) -> list[torch.Tensor]:
+        return [self.routed_mass, self.token_counts] if self.routed_mass.numel() else []
+
+    def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
+        """What each routing keeps: the input (or autocast's copy of it) and the router probabilities, then per
+        expert slot the gathered token, the hidden pre-activation and activation, the expert output and the gated
+        output; plus the indices that route them. Token choice runs ``F.grouped_mm`` in float32 on the CPU and pads
+        every expert's group to the largest on CUDA (:data:`PADDED_GROUP_FACTOR`). Backward holds the gradients
+        of the slots' activations."""
+        c, f, d, dh, E = precision.matmul_bytes, precision.float_bytes, self.d_model, self.d_hidden, self.n_experts
+        router = c * d + f * E + (f * E + f if self.z_loss_weight > 0 else 0)
+        grouped = False
+        if self.routing == "expert_choice":
+            slots = E * self.capacity(tokens)
+            per_slot = 8 + c * d + 2 * c * dh + f + c * d + f * d  # index, input, hidden x2, gate, output, gated
+            saved = tokens * router + slots * per_slot
+            forward = slots * f * d + tokens * f * E  # the gathered float32 inputs before autocast's copy, logits
+            backward = slots * (c * (2 * dh + d) + f * d)  # the slots' hidden and input gradients, the gated one's
+        else:
+            k = self.top_k
+            assignments = tokens * k
+            routing = tokens * (8 * k + f + f * k) + assignments * (8 + 8 + f)  # top-k, weights, order, token, weight
+            grouped = device_type == "cpu" and precision.float_bytes == 4  # F.grouped_mm, in float32 (see _grouped)
+            if grouped:
+                m, slots = f, assignments
+            else:
+                m, slots = c, int(PADDED_GROUP_FACTOR * assignments)
+                routing += assignments * 16  # each assignment's expert and slot
+            saved = tokens * router + routing + slots * (m * d + 2 * m * dh) + assignments * (m * d + f * d)
+            forward = slots * f * d + tokens * f * E * 2
+            backward = slots * m * (2 * dh + d) + assignments * f * d
+        experts_cast = self.routing == "expert_choice" or not grouped
+        autocast = (self.router.weight.numel() + (self.w1.numel() + self.w2.numel() if experts_cast else 0)
+                    if precision.autocast else 0)
+        return ActivationMemory(saved=saved, forward_peak=forward, backward_peak=backward, autocast_params=autocast)
+

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from peerlab.mixers.activations import activation_fn
-from peerlab.mixers.base import Mixer, MixerConfigError
+from peerlab.mixers.base import ActivationMemory, Mixer, MixerConfigError, Precision
 from peerlab.mixers.matched_sizes import MIN_PARAM_RATIO, fill_sizes
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
-from peerlab.mixers.sparse_grads import GradMode, check_mode, process_group, resolve
+from peerlab.mixers.sparse_grads import GradMode, check_mode, expected_rows, process_group, resolve
 
 IMPLS = ("auto", "torch", "chunked", "triton")
 TRITON_ACTIVATIONS = ("gelu", "relu", "silu", "identity")  # the activations peer_triton's kernels implement
@@ -40,6 +40,8 @@ def triton_available() -> bool:
 
 
 class PEER(Mixer):
+    full_precision = True  # retrieval and experts run in the tables' precision, autocast off
+
     def __init__(
         self,
         d_model: int,
@@ -70,6 +72,7 @@ class PEER(Mixer):
         if impl == "triton" and activation not in TRITON_ACTIVATIONS:
             raise MixerConfigError(f"layer.activation={activation!r}: impl=triton supports {', '.join(TRITON_ACTIVATIONS)}")
         self.impl, self.chunk_tokens, self.sparse_grads = impl, chunk_tokens, check_mode(sparse_grads)
+        self._sharded, self._group = False, None  # set by prepare_for_backend
         # null sizes follow d_model by the matched rule (layer=peer_matched; mixers/matched_sizes.py)
         if not min_param_ratio > 0:
             raise MixerConfigError(f"layer.min_param_ratio={min_param_ratio}: must be > 0")
@@ -113,10 +116,11 @@ class PEER(Mixer):
 
     def grad_mode(self) -> GradMode:
         """The tables' gradient kind under the current process group (``sparse_grads.py``)."""
-        return resolve(self.sparse_grads, *process_group())
+        return resolve(self.sparse_grads, *(self._group or process_group()), sharded=self._sharded)
 
-    def prepare_for_backend(self) -> None:
-        mode = self.grad_mode()  # raises for sparse_grads=true under NCCL
+    def prepare_for_backend(self, sharded: bool = False, group: tuple[str | None, int] | None = None) -> None:
+        self._sharded, self._group = sharded, group
+        mode = self.grad_mode()  # raises for sparse_grads=true under NCCL or FSDP
         self.down.sparse = self.up.sparse = mode is not False
 
     def resolved_impl(self, x: torch.Tensor) -> str:
@@ -134,11 +138,40 @@ class PEER(Mixer):
     def active_params(self) -> int:
         return self.router.num_params() + 2 * self.heads * self.k * self.d_model
 
+    def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
+        """The router's, plus the retrieved indices and the experts' pre-activations (``torch``: also the gathered
+        down rows, tokens x h*k x d_model). Backward holds the activation gradients, the occurrences sorted by row
+        and, when the table gradients are dense, the used rows' sums before they are scattered into N rows (two
+        such buffers at once in ``triton``); a sparse gradient is those sums itself (``peerlab.memory`` counts it)."""
+        f, hk, d = precision.float_bytes, self.heads * self.k, self.d_model
+        router = self.router.activation_memory(tokens, f)
+        impl = self.impl if self.impl != "auto" else ("triton" if device_type == "cuda" and triton_available()
+                                                      and self.activation in TRITON_ACTIVATIONS else "chunked")
+        saved = tokens * (8 * hk + f * hk)  # indices, pre-activations
+        gathered = tokens * hk * d * f  # torch: the down rows, kept; chunked: in chunk_tokens slices
+        if impl == "torch":
+            saved += gathered + tokens * (2 * f * hk + 24)  # rows, activation, weighted activation, bag offsets
+        rows = expected_rows(tokens * hk, self.n_experts)
+        dense = self.sparse_grads is False  # "auto" is dense only when every row is used: then rows = N anyway
+        sums = (2 if impl == "triton" else 1) * rows * d * f if dense or impl == "triton" else 0
+        experts_backward = tokens * (2 * f * d + 4 * f * hk + 24 * hk) + 32 * rows + sums
+        if impl == "chunked":
+            experts_backward += min(self.chunk_tokens, tokens) * hk * d * f
+        elif impl == "torch":
+            experts_backward += gathered
+        forward = max(router.forward_peak, tokens * (f * hk + f * d)
+                      + (min(self.chunk_tokens, tokens) * hk * d * f if impl == "chunked" else 0))
+        return ActivationMemory(saved=router.saved + saved, forward_peak=forward,
+                                backward_peak=max(router.backward_peak, experts_backward))
+
     def reset_usage(self) -> None:
         self.router.reset_usage()
 
     def usage_stats(self) -> dict[str, float]:
         return self.router.usage_stats()
+
+    def usage_tensors(self) -> list[torch.Tensor]:
+        return self.router.usage_tensors()
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"peer_experts": [self.down.weight, self.up.weight], "product_keys": [self.router.keys]}

@@ -13,12 +13,13 @@ from dataclasses import astuple
 import torch
 from torch import nn
 
-from peerlab.mixers.base import Mixer
+from peerlab.mixers.base import ActivationMemory, Mixer, Precision
 from peerlab.mixers.matched_sizes import fill_sizes
 from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
 
 
 class PKM(Mixer):
+    full_precision = True  # retrieval and the weighted sum run in the values' precision, autocast off
     SIZE_RULE = "pkm"  # the matched rule's kind for null sizes (mixers/matched_sizes.py)
 
     def __init__(
@@ -58,11 +59,25 @@ class PKM(Mixer):
     def active_params(self) -> int:
         return self.router.num_params() + self.heads * self.k * self.d_model
 
+    def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
+        """The router's, plus the bag's indices and offsets; backward: the bag's per-sample weight gradients and
+        its sorted indices (the values' dense gradient is ``.grad``, which ``peerlab.memory`` counts)."""
+        f, hk = precision.float_bytes, self.heads * self.k
+        router = self.router.activation_memory(tokens, f)
+        return ActivationMemory(
+            saved=router.saved + tokens * (8 * hk + 24),
+            forward_peak=max(router.forward_peak, tokens * f * self.d_model),
+            backward_peak=max(router.backward_peak, tokens * ((4 * f + 24) * hk + f * self.d_model)),
+        )
+
     def reset_usage(self) -> None:
         self.router.reset_usage()
 
     def usage_stats(self) -> dict[str, float]:
         return self.router.usage_stats()
+
+    def usage_tensors(self) -> list[torch.Tensor]:
+        return self.router.usage_tensors()
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"pkm_values": [self.values], "product_keys": [self.router.keys]}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peerlab.mixers.base import MixerConfigError
+from peerlab.mixers.base import ActivationMemory, MixerConfigError
 from peerlab.mixers.usage import usage_metrics
 
 
@@ -128,6 +128,8 @@ class ProductKeyRouter(nn.Module):
     them about; the sub-keys' gradient flows through their normalisation.
     """
 
+    count_usage = True  # False while a padding batch (sharded validation) runs: see Mixer.count_usage
+
     def __init__(
         self,
         d_model: int,
@@ -192,7 +194,7 @@ class ProductKeyRouter(nn.Module):
             _, indices = product_topk(s1, s2, self.k, stable=self.stable_ties)
         scores = self.chosen_scores(q1, q2, s1, s2, indices, sub_keys)  # the same values, now differentiable
         weights = scores.softmax(dim=-1) if self.score_fn == "softmax" else scores.sigmoid()
-        if not self.training and self.usage.numel():
+        if not self.training and self.usage.numel() and self.count_usage:
             with torch.no_grad():
                 self.usage.index_add_(0, indices.flatten(), weights.detach().flatten().to(torch.float64))
         return weights, indices
@@ -206,6 +208,24 @@ class ProductKeyRouter(nn.Module):
         return _ChosenScores.apply(q1, q2, sub_keys, rows1, rows2, values)
 
     # ------------------------------------------------------------------ accounting
+    def activation_memory(self, tokens: int, float_bytes: int) -> ActivationMemory:
+        """Bytes of a training micro-batch of ``tokens`` in the router, which runs in its parameters' precision
+        (``float_bytes`` per value): the input kept by the query projection, the queries (and their norm's input or
+        statistics), the chosen sub-key rows and the router weights. Forward: both halves' sub-key scores,
+        (tokens, heads, sqrt N) each, and the candidate pairs of the product top-k (about k ln k per head).
+        Backward: one half's scattered score gradients and the query gradients."""
+        f, h, k, dk = float_bytes, self.heads, self.k, self.d_key
+        queries = {"batch": 2 * f * h * dk, "layer": 2 * f * h * dk + 2 * f * h, "none": f * h * dk}[self.query_norm_kind]
+        if self.qk_norm:
+            queries += f * h * dk + 2 * f * h  # the normalised halves and their inverse RMS
+        per_token = f * self.d_model + queries + 2 * 8 * h * k + f * h * k  # input, queries, rows of both halves, weights
+        return ActivationMemory(
+            saved=tokens * per_token,
+            # both halves' scores, and the candidate pairs the product top-k sums: scores and flat indices (3 each)
+            forward_peak=tokens * h * (2 * f * self.n + len(_dominance_pairs(k, torch.device("cpu"))[0]) * (3 * f + 3 * 8)),
+            backward_peak=tokens * (f * h * self.n + f * h * dk) + f * self.keys.numel(),
+        )
+
     def flops_per_token(self) -> int:
         """Query projection and both sub-key scorings. The k^2 candidate sums per head are additions, not
         multiply-adds, and are left out like softmax and top-k (at the paper's sizes: 2k adds vs 2M FLOPs)."""
@@ -217,6 +237,9 @@ class ProductKeyRouter(nn.Module):
     # ------------------------------------------------------------------ expert usage (paper, Table 2)
     def reset_usage(self) -> None:
         self.usage = torch.zeros(self.n_keys, dtype=torch.float64, device=self.keys.device)
+
+    def usage_tensors(self) -> list[torch.Tensor]:
+        return [self.usage] if self.usage.numel() else []
 
     def usage_stats(self) -> dict[str, float]:
         return usage_metrics(self.usage)

@@ -43,9 +43,15 @@ def process_group() -> tuple[str | None, int]:
     return None, 1
 
 
-def resolve(mode: GradMode, backend: str | None, world: int) -> GradMode:
+def resolve(mode: GradMode, backend: str | None, world: int, sharded: bool = False) -> GradMode:
     """``True`` (always sparse), ``False`` (always dense) or ``"auto"`` (per step: sparse when fewer than N rows
-    were retrieved), for a requested ``mode`` under a process group ``backend`` of ``world`` processes."""
+    were retrieved), for a requested ``mode`` under a process group ``backend`` of ``world`` processes;
+    ``sharded``: FSDP (``trainer=fsdp``), whose reduce-scatter takes dense gradients only."""
+    if sharded:
+        if mode is True:
+            raise MixerConfigError("layer.sparse_grads=true: trainer=fsdp shards and reduces dense gradients only "
+                                   "(its reduce-scatter has no sparse kernel); use layer.sparse_grads=auto or false")
+        return False
     if backend is None:  # no process group: nothing to reduce
         return mode
     # A process group exists (DDP wraps the model even with one process): its backend must reduce what we produce.
@@ -63,6 +69,14 @@ def resolve(mode: GradMode, backend: str | None, world: int) -> GradMode:
 def sparse_this_step(mode: GradMode, rows_used: int, n_rows: int) -> bool:
     """Whether a step's table gradients are sparse, given the resolved mode and the rows it retrieved."""
     return rows_used < n_rows if mode == "auto" else bool(mode)
+
+
+def expected_rows(draws: int, n_rows: int) -> int:
+    """Distinct rows among ``draws`` uniform draws from ``n_rows``: the rows a step's table gradient holds if
+    retrieval spreads evenly (the planner's assumption; a skewed router touches fewer)."""
+    import math
+
+    return min(n_rows, round(n_rows * -math.expm1(draws * math.log1p(-1 / n_rows)))) if n_rows > 1 else n_rows
 
 
 def count_rows(indices: torch.Tensor) -> int:

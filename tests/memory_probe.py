@@ -1,0 +1,90 @@
+"""What this CPU measures of a training step's memory, to hold ``peerlab.memory``'s model against.
+
+- :func:`saved_bytes`: the bytes autograd saves for backward during a forward pass, through torch's saved-tensor
+  hooks, each storage counted once and parameters left out.
+- :func:`step_peak`: the peak bytes of one real training step (forward, backward, clipping, LazyAdamW), from the
+  profiler's allocation trace, on top of what is allocated before it (weights, optimizer state, buffers).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from peerlab.optim import LazyAdamW, clip_grad_norm
+
+
+def saved_bytes(fn, exclude) -> int:
+    """Bytes of the distinct storages ``fn()`` saves for backward, not counting those of ``exclude``."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def allocation_peak(fn) -> int:
+    """The most bytes allocated at once while ``fn()`` runs, beyond what was allocated when it started."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def held_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the weights, buffers, gradients and optimizer state (each storage once), LazyAdamW's reused row
+    buffers included."""
+    scratch = [t for pair in getattr(optimizer, "_buffers", {}).values() for t in pair]
+    tensors = [*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters() if p.grad is not None),
+               *(t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)),
+               *scratch]
+    seen = {}
+    for t in tensors:
+        if t.is_sparse:
+            seen[id(t)] = t._values().nbytes + t._indices().nbytes
+        else:
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+    return sum(seen.values())
+
+
+def optimizer(model: torch.nn.Module) -> LazyAdamW:
+    return LazyAdamW(list(model.parameters()), lr=1e-3, weight_decay=0.1)
+
+
+def step_peak(model, batch: int, seq_len: int, precision: str = "32-true", accumulate: int = 1,
+              seed: int = 0) -> tuple[int, int, LazyAdamW]:
+    """``(peak bytes of one training step, bytes held before it, optimizer)``: one step to create the optimizer's
+    state, then a second one measured, as Lightning runs them (zero_grad with set_to_none after each)."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.shape.vocab_size
+    opt = optimizer(model)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16-mixed" else nullcontext
+
+    def step() -> None:
+        for _ in range(accumulate):
+            x = torch.randint(0, vocab, (batch, seq_len), generator=gen)
+            y = torch.randint(0, vocab, (batch, seq_len), generator=gen)
+            with autocast():
+                loss = model.loss(x, y)
+            loss.backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    before = held_bytes(model, opt)
+    return before + allocation_peak(step), before, opt
