@@ -115,9 +115,12 @@ def test_saved_config_from_before_an_added_key_is_the_same_run(finished, compose
 
     cfg, _ = finished
     old = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    del old.optim.groups["product_keys"], old.data["train_fraction"], old.trainer["matmul_precision"]
+    assert set(ADDED_KEYS) == {"optim.groups.product_keys", "data.train_fraction", "trainer.matmul_precision",
+                                "trainer.activation_checkpointing", "trainer.loss_chunk_tokens", "trainer.check_memory"}
+    for dotted in ADDED_KEYS:
+        parent, _, key = dotted.rpartition(".")
+        del OmegaConf.select(old, parent)[key]
     OmegaConf.save(old, tmp_path / "run_config.yaml")
-    assert set(ADDED_KEYS) == {"optim.groups.product_keys", "data.train_fraction", "trainer.matmul_precision"}
     _check_same_run(tmp_path, cfg)  # the same run: no error
     changed = compose(f"budget={BUDGET}", f"out_dir={cfg.out_dir}", f"run_name={cfg.run_name}", "data.train_fraction=0.5")
     with pytest.raises(ConfigError, match="differs in data"):

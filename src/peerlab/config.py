@@ -21,7 +21,11 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 # Keys added after runs were made, each with the value that reproduces what runs without it did. A saved config
 # (run_config.yaml, results.json) that lacks one holds that value: interrupted runs of older code resume, and
 # analyses read their value.
-ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0, "trainer.matmul_precision": "auto"}
+ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0, "trainer.matmul_precision": "auto",
+              # memory settings that leave results as they were: the loss's chunks start above the 8192 tokens per
+              # micro-batch that every run before them had at most
+              "trainer.activation_checkpointing": False, "trainer.loss_chunk_tokens": 8192,
+              "trainer.check_memory": True}
 
 
 class ConfigError(ValueError):
@@ -40,10 +44,15 @@ def sci(value: float) -> str:
 _SWEPT_FLOAT = re.compile(r"(?<==)(\d+(?:\.\d*)?e\+\d+|\d{7,}\.0)(?=,|$)")
 
 
+def written_as(overrides: str) -> str:
+    """Overrides with swept budgets as a user writes them (``budget=2e19``, not ``budget=2e+19``)."""
+    return _SWEPT_FLOAT.sub(lambda m: sci(float(m[0])), overrides)
+
+
 def sweep_subdir(override_dirname: str, sweep_dir: str) -> str:
     """A grid point's folder: Hydra's ``override_dirname`` with swept budgets as written (``budget=1e12``, not
     ``budget=1000000000000.0``). A sweep that already holds the long name keeps resuming into it."""
-    short = _fit_name(_SWEPT_FLOAT.sub(lambda m: sci(float(m[0])), override_dirname))
+    short = _fit_name(written_as(override_dirname))
     if short != override_dirname and _is_dir(Path(sweep_dir) / override_dirname) and not _is_dir(Path(sweep_dir) / short):
         return override_dirname
     return short
@@ -112,6 +121,9 @@ class TrainerConfig:
     progress_bar: bool = True
     deterministic: bool = False
     matmul_precision: str = "auto"  # float32 matmuls: auto = "high" (TF32) on CUDA unless set in torch already
+    activation_checkpointing: bool = False  # recompute each block in backward: its input is all it keeps
+    loss_chunk_tokens: int = 8192  # the LM head's loss this many tokens at a time (0: the whole micro-batch)
+    check_memory: bool = True  # on CUDA, refuse a run whose planned peak exceeds the GPU (peerlab.plan)
 
 
 @dataclass
@@ -155,6 +167,7 @@ def register_schema() -> None:
 # ------------------------------------------------------------------------------------------------ checks
 
 MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
@@ -236,6 +249,10 @@ def validate(cfg: DictConfig) -> None:
     tr = cfg.trainer
     for key in ("accumulate_grad_batches", "val_every_steps", "val_batches", "log_every_steps", "ckpt_every_steps", "num_nodes"):
         _require(tr[key] >= 1, f"trainer.{key}", tr[key], "must be an integer >= 1")
+    _require(tr.get("strategy", "auto") in STRATEGIES, "trainer.strategy", tr.get("strategy"),
+             f"allowed: {', '.join(STRATEGIES)} (trainer=ddp, trainer=fsdp)")
+    _require(_is_int(tr.get("loss_chunk_tokens", 0)) and tr.get("loss_chunk_tokens", 0) >= 0, "trainer.loss_chunk_tokens",
+             tr.get("loss_chunk_tokens"), "must be an integer >= 0 (0: the whole micro-batch at once)")
     _require(tr.ckpt_every_minutes >= 0, "trainer.ckpt_every_minutes", tr.ckpt_every_minutes, "must be >= 0 (0 disables)")
     _require(tr.get("matmul_precision", "auto") in MATMUL_PRECISIONS, "trainer.matmul_precision", tr.get("matmul_precision"),
              f"allowed: {', '.join(MATMUL_PRECISIONS)}")

@@ -9,6 +9,9 @@ SLURM, LSF, then Lightning's environment variables. MPI (which needs ``mpi4py``)
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from lightning.fabric.plugins.environments import (
     ClusterEnvironment,
     LightningEnvironment,
@@ -33,3 +36,18 @@ def local_rank() -> int:
 def global_rank() -> int:
     """This process's rank in the job: 0 for the one that writes results and logs."""
     return cluster_environment().global_rank()
+
+
+def world_size(trainer_cfg: Any) -> int:
+    """Processes in the job the ``trainer`` config asks for: devices per node (a count, a list, or ``auto``/-1 for
+    every visible GPU, one process on the CPU) times nodes."""
+    from omegaconf import OmegaConf
+
+    devices = trainer_cfg.devices
+    if isinstance(devices, int) and devices > 0:
+        n = devices
+    elif isinstance(devices, list | tuple) or OmegaConf.is_list(devices):
+        n = len(devices)
+    else:  # "auto" / -1: every visible accelerator, or one CPU process
+        n = max(1, torch.cuda.device_count()) if trainer_cfg.accelerator in ("auto", "gpu", "cuda") else 1
+    return n * trainer_cfg.num_nodes
