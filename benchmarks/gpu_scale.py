@@ -10,6 +10,10 @@
    against the GPU's bf16 dense peak.
 3. **The cost of ``experiments/isoflop_paper.yaml``**: GPU-hours of every grid point at the measured utilisation
    (the nearest measured width; layer kinds as measured), so a user can cost the grid before submitting it.
+4. **The memory planner against the GPU** (``peerlab.memory``): the largest point of ``isoflop_paper.yaml`` whose
+   planned one-GPU peak fits this GPU, trained for two steps as that sweep runs it (its micro-batch, accumulation,
+   bf16 autocast, chunked loss); ``torch.cuda.max_memory_allocated`` beside the planner's peak. One process: what one
+   GPU can check (FSDP's sharding needs several; its per-rank bytes are checked on the CPU by tests/test_fsdp.py).
 
     python -m benchmarks.gpu_scale --out benchmarks/gpu            # on a GPU machine: gpu_scale.json + SCALE.md
     python -m benchmarks.gpu_scale --smoke --out /tmp/smoke        # CPU: the same code at toy sizes (a test runs it)
@@ -278,6 +282,82 @@ def grid_cost(args: argparse.Namespace, report: dict) -> None:
           flush=True)
 
 
+# ------------------------------------------------------------------------------------------- 4. planner
+def planner_check(args: argparse.Namespace, report: dict) -> None:
+    """Measured peak of a real training step beside the planner's, at the largest grid point that fits."""
+    from peerlab.builders import build_model
+    from peerlab.memory import Execution, estimate
+    from peerlab.sizes import load_layer
+    from peerlab.sweeps.expand import compose_point, grid
+
+    device = "cpu" if args.smoke else "cuda"
+    sweep_dir = ROOT / "experiments"
+    points = [compose_point(sweep_dir, "isoflop_paper", o) for o in grid(sweep_dir, "isoflop_paper", [])]
+    from omegaconf import OmegaConf
+
+    if args.smoke:  # the same code at toy sizes
+        points = [OmegaConf.merge(p, {"model": {"depth": 2, "d_model": 64, "aspect_ratio": 32, "head_dim": 32},
+                                      "data": {"seq_len": 64}}) for p in points[:4]]
+    total = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else 4 * 2**30
+    vocab = 512 if args.smoke else 50257
+    candidates = []
+    smoke_sizes = {"ffw": {}, "moe": {"n_experts": 8}, "pkm": {"n_memories": 32**2, "d_key": 16},
+                   "peer": {"n_experts": 32**2, "d_key": 16}}
+    for cfg in points:
+        layer = OmegaConf.merge(load_layer(cfg.layer.name), smoke_sizes[cfg.layer.name]) if args.smoke else cfg.layer
+        ex = Execution(device_type=device, precision="bf16-mixed", strategy="single", micro_batch=int(cfg.data.batch_size),
+                       seq_len=int(cfg.data.seq_len), accumulate=int(cfg.trainer.accumulate_grad_batches),
+                       loss_chunk_tokens=int(cfg.trainer.loss_chunk_tokens))
+        with torch.device("meta"):
+            meta = build_model(cfg.model, layer, vocab, ex.seq_len)
+        for m in meta.mixers:
+            m.prepare_for_backend(group=(None, 1))
+        est = estimate(meta, ex)
+        if est.peak <= 0.9 * total:
+            candidates.append((meta.num_params(), cfg, layer, ex, est))
+    if not candidates:
+        print("  no grid point fits one GPU", flush=True)
+        return
+    params, cfg, layer, ex, est = max(candidates, key=lambda c: c[0])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, layer, vocab, ex.seq_len).to(device).train()
+    model.loss_chunk_tokens = ex.loss_chunk_tokens
+    from peerlab.optim import LazyAdamW, clip_grad_norm
+
+    opt = LazyAdamW(list(model.parameters()), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        for _ in range(ex.accumulate):
+            tokens = torch.randint(0, vocab, (ex.micro_batch, ex.seq_len + 1), generator=gen).to(device)
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = model.loss(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # the optimizer's state exists from here on, as in every step after the first
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated()
+    else:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from memory_probe import allocation_peak, held_bytes
+
+        measured = held_bytes(model, opt) + allocation_peak(step)
+    point = f"{cfg.model.name}/{cfg.layer.name}"
+    report["planner"] = {"point": point, "params": params, "micro_batch": ex.micro_batch, "accumulate": ex.accumulate,
+                         "planned_gib": est.peak / 2**30, "measured_gib": measured / 2**30,
+                         "planned_phase": est.phase, "ratio": est.peak / measured,
+                         "device_gib": total / 2**30}
+    print(f"  {point} ({params / 1e9:.2f}B parameters, micro-batch {ex.micro_batch} x {ex.accumulate}): planned "
+          f"{est.peak / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB ({est.peak / measured:.2f}x)", flush=True)
+
+
 # ------------------------------------------------------------------------------------------- report
 def markdown(report: dict) -> str:
     env = report["env"]
@@ -313,6 +393,13 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|"]
         for r in h["rows"]:
             lines.append(f"| {r['matmul_precision']} | {r['fused_adamw']} | {r['step_ms']:.1f} | {base / r['step_ms']:.2f}x |")
+    if "planner" in report:
+        p = report["planner"]
+        lines += ["", "## The memory planner against this GPU", "",
+                  f"{p['point']} ({p['params'] / 1e9:.2f}B parameters), the largest grid point whose one-GPU plan fits, "
+                  f"micro-batch {p['micro_batch']} x {p['accumulate']}, bf16 autocast: planned {p['planned_gib']:.2f} GiB "
+                  f"(peak at {p['planned_phase']}), measured {p['measured_gib']:.2f} GiB "
+                  f"(`torch.cuda.max_memory_allocated`), planned / measured {p['ratio']:.2f}.", ""]
     g = report["grid_cost"]
     lines += ["", f"## What `{g['sweep']}` costs at these rates", "",
               "| budget | model | layer | tokens | MFU (from) | GPU-hours | hours on 8 GPUs |", "|---|---|---|---|---|---|---|"]
@@ -353,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     hygiene(args, report)
     print("3. cost of isoflop_paper.yaml", flush=True)
     grid_cost(args, report)
+    print("4. the memory planner against a real step", flush=True)
+    planner_check(args, report)
     report["wall_s"] = time.time() - t0
     (args.out / "gpu_scale.json").write_text(json.dumps(report, indent=2))
     (args.out / "SCALE.md").write_text(markdown(report))

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # two DDP runs of two processes each, and the step timings
 
 
 def test_gpu_scale_smoke_on_cpu(tmp_path, cache_dir):
@@ -34,6 +38,9 @@ def test_gpu_scale_smoke_on_cpu(tmp_path, cache_dir):
     assert {(r["matmul_precision"], r["fused_adamw"]) for r in hygiene} == {
         (p, f) for p in ("highest", "high") for f in (False, True)}
     assert all(r["step_ms"] > 0 for r in hygiene)
+    planner = report["planner"]  # the largest grid point that fits, planned against what the step allocated
+    assert planner["point"].startswith("d") and 0.75 <= planner["ratio"] <= 1.25, planner
     md = (tmp_path / "SCALE.md").read_text()
+    assert "## The memory planner against this GPU" in md
     assert "## DDP (gloo) through Lightning" in md and "isoflop_paper.yaml" in md
     assert "## CUDA defaults: TF32 matmuls and fused AdamW" in md

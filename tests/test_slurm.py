@@ -1,6 +1,7 @@
 """On a real SLURM (tests/slurm_cluster.py: slurmctld, slurmd and munged on loopback) through hydra/launcher=slurm:
-a two-point sweep, SIGUSR2 mid-training (submitit's time-limit warning), SIGTERM mid-validation, a 2-rank gloo
-DDP job under srun, and requests refused before anything is submitted.
+a two-point sweep, SIGUSR2 mid-training (submitit's time-limit warning), SIGTERM mid-validation, 2-rank gloo
+DDP and FSDP jobs under srun, and requests refused before anything is submitted. Marked slow: .ci/run runs them
+after ``make test``.
 
 Needs Debian's slurm-wlm and munge (``.ci/run`` installs them). Without them these tests skip, unless
 PEERLAB_REQUIRE_SLURM=1 (as in CI), where they fail.
@@ -23,7 +24,7 @@ import torch
 
 from conftest import ROOT, TINY, run_train
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # ~3000 steps of the TINY model (~30 s at one thread); no periodic checkpoint, so a requeue that saved nothing
 # restarts from step 0.
@@ -240,16 +241,18 @@ def test_sigterm_mid_validation_saves_exits_143_and_a_rerun_resumes_identical(cl
     same_weights(run_dir, ref_weights)
 
 
-def test_two_gloo_ranks_under_srun_tokenize_once_and_log_apart(cluster, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_under_srun_tokenize_once_and_log_apart(cluster, tmp_path, strategy):
     fresh_cache = tmp_path / "cache"  # empty: the job itself must tokenize, on local rank 0 only
     env = {**cluster, "PEERLAB_CACHE": str(fresh_cache), "HF_HOME": str(fresh_cache / "hf")}
-    proc = sweep(tmp_path, env, *RUN, "budget=1.3e10", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                 "data.batch_size=4", "hydra.launcher.tasks_per_node=2", swept="run_name=ddp")
+    proc = sweep(tmp_path, env, *RUN, "budget=1.3e10", f"trainer={strategy}", "trainer.accelerator=cpu",
+                 "trainer.devices=2", "data.batch_size=4", "hydra.launcher.tasks_per_node=2", swept="run_name=job")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    run_dir = tmp_path / "sweep" / "run_name=ddp"
+    run_dir = tmp_path / "sweep" / "run_name=job"
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["status"] == "completed" and results["world_size"] == 2
+    assert results["status"] == "completed" and results["world_size"] == 2 and results["strategy"] == strategy
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # FSDP's shards consolidated into one file at the end
     logs = {p.name: p.read_text() for p in run_dir.glob("train*.log")}
     assert set(logs) == {"train.log", "train.rank1.log"}, set(logs)
     assert sum(text.count("tokenized train:") for text in logs.values()) == 1, logs

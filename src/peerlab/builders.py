@@ -76,4 +76,5 @@ def build_datamodule(cfg: Any, progress: bool = True):
     d = cfg.data
     return TextDataModule(build_corpus(d), seq_len=d.seq_len, batch_size=d.batch_size, tokenizer=_plain(cfg.tokenizer),
                           cache_dir=d.cache_dir, num_workers=d.num_workers, seed=cfg.seed, progress=progress,
-                          train_fraction=float(d.get("train_fraction", 1.0)), local_rank=local_rank())
+                          train_fraction=float(d.get("train_fraction", 1.0)), local_rank=local_rank(),
+                          val_batches=cfg.trainer.val_batches)

@@ -11,6 +11,7 @@ a real checkpoint of ours is shown to need it.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 
 from peerlab.config import ConfigError
 
+log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 # Types beyond torch's weights_only defaults that a peerlab checkpoint may hold (none so far; see the docstring).
 ALLOWED_GLOBALS: tuple[type, ...] = ()
@@ -113,10 +115,27 @@ class LastCheckpoint(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         # Saved before the next step rather than after the last one, so that step's logged row is already on disk.
-        at_step_boundary = batch_idx % trainer.accumulate_grad_batches == 0
-        due = trainer.global_step % self.every_steps == 0 or time.monotonic() - self._last_time >= self.every_seconds
-        if at_step_boundary and due and trainer.global_step > 0:
+        if batch_idx % trainer.accumulate_grad_batches != 0 or trainer.global_step == 0:
+            return
+        if trainer.global_step % self.every_steps == 0:
             self.save(trainer, at_batch_start=True)
+        elif self._time_due(trainer):
+            minutes = (time.monotonic() - self._last_time) / 60
+            self.save(trainer, at_batch_start=True)
+            log.info("last.ckpt refreshed at step %d (%.3g minutes after the previous save)", trainer.global_step, minutes)
+
+    def _time_due(self, trainer: L.Trainer) -> bool:
+        """Whether ``every_minutes`` have passed since the last save, by rank 0's clock: every rank must save at the
+        same step (the save is collective under FSDP, and a rank saving alone leaves the others waiting in the next
+        collective), so rank 0's decision is broadcast, as Lightning's ModelCheckpoint does with its own timer."""
+        if self.every_seconds == float("inf"):
+            return False
+        due = time.monotonic() - self._last_time >= self.every_seconds
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([int(due)], device=trainer.strategy.root_device)
+            torch.distributed.broadcast(flag, src=0)
+            due = bool(flag.item())
+        return due
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._at_batch_start:

@@ -1,7 +1,7 @@
 """A console that states each fact once: Lightning's duplicate handler removed and known third-party noise
 filtered by its exact message and origin. Nothing is silenced by category, and our own warnings always show.
 
-Four sources of noise on a fresh start, each matched precisely:
+The sources of noise, each matched precisely:
 
 - Lightning attaches its own console handler to the ``lightning`` logger, which also propagates to the root logger
   that Hydra configures, so every Lightning INFO line printed twice. Under a configured root logger we drop
@@ -12,6 +12,9 @@ Four sources of noise on a fresh start, each matched precisely:
 - A ``FutureWarning`` raised by torch's ``LeafSpec`` inside Lightning's ``_pytree`` helper, and W&B's
   "anonymous setting has no effect" warning, caused by Lightning passing ``anonymous=None`` to ``wandb.init``
   (removed where the logger is built, see :mod:`peerlab.loggers`).
+- Under DDP and FSDP: FSDP2's warning that a unit returned a view (a mixer's reshaped output, added to the
+  residual stream out of place), and Lightning's advice to ``sync_dist`` the validation metrics, which peerlab
+  sums over ranks itself.
 - Lightning's "The `srun` command is available on your system but is not used" warning, raised on every machine
   with SLURM's clients installed (a login node, a workstation): its hint to prepend ``srun`` is not how peerlab
   reaches SLURM (``hydra/launcher=slurm``, whose jobs do run under ``srun``).
@@ -35,6 +38,13 @@ WARNING_NOISE = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
     (r"The `srun` command is available on your system but is not used", UserWarning,
      r"lightning\.fabric\.plugins\.environments\.slurm"),
+    # FSDP2 warns when a unit returns a view; a mixer's output (b, t, d) is a view of its (tokens, d) result, and
+    # the block adds it to the residual stream out of place, which keeps FSDP's backward hook (peerlab.fsdp).
+    (r"FSDP2-wrapped module \(FSDP\w+\) returned a view tensor", UserWarning,
+     r"torch\.distributed\.fsdp\._fully_shard\._fsdp_state"),
+    # The validation loss and usage that peerlab logs on epoch level are already summed over ranks by peerlab.
+    (r"It is recommended to use `self\.log\('(val/[\w/]+|flops|tokens)', \.\.\., sync_dist=True\)`", UserWarning,
+     r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.result"),
 )
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
@@ -69,8 +79,9 @@ def quiet_third_party() -> None:
 
 
 def one_log_per_rank(rank: int) -> None:
-    """Hydra gives every process of a job the same ``train.log``; a rank above 0 writes ``train.rank<r>.log``
-    beside it instead, so that ranks never interleave lines in one file."""
+    """Hydra gives every process of a job the same ``train.log`` (or, under Lightning's own launcher, its own
+    ``train_ddp_process_<r>.log``); a rank above 0 writes ``train.rank<r>.log`` beside it instead, so that ranks never
+    interleave lines in one file and every rank's log has the same name in every launcher."""
     if rank == 0:
         return
     root = logging.getLogger()
@@ -78,9 +89,13 @@ def one_log_per_rank(rank: int) -> None:
         path = Path(handler.baseFilename)
         if path.stem.endswith(f".rank{rank}"):
             continue
-        own = logging.FileHandler(path.with_name(f"{path.stem}.rank{rank}{path.suffix}"), mode="a")
+        # Lightning's own launcher starts rank r as the Hydra job "<name>_ddp_process_<r>": the same "<name>".
+        stem = re.sub(r"_ddp_process_\d+$", "", path.stem)
+        own = logging.FileHandler(path.with_name(f"{stem}.rank{rank}{path.suffix}"), mode="a")
         own.setFormatter(handler.formatter)
         own.setLevel(handler.level)
         root.removeHandler(handler)
         handler.close()
+        if stem != path.stem and path.is_file() and path.stat().st_size == 0:
+            path.unlink()  # the empty file Hydra opened under the launcher's job name
         root.addHandler(own)

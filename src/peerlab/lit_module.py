@@ -12,6 +12,7 @@ import torch
 
 from peerlab.builders import build_model
 from peerlab.flops import flops_breakdown
+from peerlab.lm_loss import IGNORE
 from peerlab.mixers.sparse_grads import process_group
 from peerlab.optim import LazyAdamW, clip_grad_norm
 from peerlab.sparse_allreduce import (
@@ -73,11 +74,24 @@ class LanguageModel(L.LightningModule):
         # at logging steps and before every checkpoint, so that no step waits on a host synchronisation.
         self._first_nonfinite: torch.Tensor | None = None
 
+    def configure_execution(self, loss_chunk_tokens: int = 0, activation_checkpointing: bool = False) -> None:
+        """Memory settings that leave the values computed as they are (``trainer.loss_chunk_tokens``,
+        ``trainer.activation_checkpointing``); not hyper-parameters, so checkpoints do not depend on them."""
+        self.model.loss_chunk_tokens = loss_chunk_tokens
+        self.model.set_activation_checkpointing(activation_checkpointing)
+
+    @property
+    def sharded(self) -> bool:
+        """Trained with ``trainer=fsdp`` (peerlab.strategies.ShardedStrategy)."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return self._trainer is not None and isinstance(self._trainer.strategy, ModelParallelStrategy)
+
     def setup(self, stage: str) -> None:
         # The process group exists now and DDP has not wrapped the model yet: mixers settle backend-dependent
         # gradients (PEER's sparse tables are dense under NCCL).
         for mixer in self.model.mixers:
-            mixer.prepare_for_backend()
+            mixer.prepare_for_backend(sharded=self.sharded)
         self.expert_grads = {f"block{i}": GRAD_NAMES[m.grad_mode()] for i, m in enumerate(self.model.mixers)
                              if hasattr(m, "grad_mode")}
         if self.expert_grads and self._trainer is not None and self._trainer.is_global_zero:
@@ -88,6 +102,16 @@ class LanguageModel(L.LightningModule):
         if sparse:
             ignore_in_ddp(self, sparse)
         self._reduced_here = list(sparse.values())
+
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp``: cut the model into FSDP units (``peerlab.fsdp``), once."""
+        from peerlab.fsdp import is_sharded, shard_model
+
+        if not self.sharded or is_sharded(self.model):
+            return
+        cuda = self.trainer.strategy.root_device.type == "cuda"
+        bf16 = cuda and self.trainer.precision in ("bf16-mixed", "bf16-true")
+        shard_model(self.model, self.device_mesh["data_parallel"], torch.bfloat16 if bf16 else None)
 
     def on_fit_start(self) -> None:
         if self._reduced_here:  # DDP broadcasts rank 0's weights at wrap time, but not those it ignores
@@ -157,16 +181,37 @@ class LanguageModel(L.LightningModule):
             mixer.reset_usage()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        loss = self.model.loss(x, y)
-        self._val_sum += loss.item() * y.numel()
-        self._val_count += y.numel()
+        loss_sum, count = self.score_batch(*batch)
+        self._val_sum += loss_sum
+        self._val_count += count
+
+    def score_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """``(summed loss, scored tokens)`` of a validation batch. A padding batch (targets all ``IGNORE``: a rank
+        with fewer batches than another, see ``data/sharding.py``) still runs the forward pass, which sharded and
+        DDP models need on every rank, but counts nothing, usage statistics included."""
+        count = int((y != IGNORE).sum())
+        if count == 0:
+            with self.model.usage_paused():
+                self.model(x)
+            return 0.0, 0
+        return self.model.loss(x, y).item() * count, count
+
+    def reduce_usage(self) -> None:
+        """Sum the mixers' usage accumulators over data-parallel ranks, which each scored their own batches."""
+        if self._trainer is None or self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        for mixer in self.model.mixers:
+            for t in mixer.usage_tensors():
+                local = t.to_local() if hasattr(t, "to_local") else t
+                torch.distributed.all_reduce(local)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_count == 0:
+        totals = torch.tensor([self._val_sum, float(self._val_count)], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)  # each rank scored its share of the batches
+        self.reduce_usage()
+        if totals[1] == 0:
             return
-        totals = self.all_gather(torch.tensor([self._val_sum, float(self._val_count)], dtype=torch.float64))
-        totals = totals.reshape(-1, 2).sum(0)
         val_loss = (totals[0] / totals[1]).item()
         self.log("val/loss", val_loss, sync_dist=False, prog_bar=True)
         self.log("val/ppl", math.exp(min(val_loss, 50.0)))

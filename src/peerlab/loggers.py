@@ -12,6 +12,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class ResumableCSVLogger(CSVLogger):
         self.resume_step = resume_step
 
     @property
+    @rank_zero_experiment  # as Lightning's own: other ranks get a stand-in, and never rewrite metrics.csv
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._experiment = _ResumableWriter(self.log_dir, self.resume_step)

@@ -15,17 +15,19 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from peerlab import __version__, saved_settings
+from peerlab import __version__, saved_settings, sharded_checkpoint
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
 from peerlab.config import ADDED_KEYS, validate
 from peerlab.console import one_log_per_rank, quiet_third_party
-from peerlab.distributed import global_rank
-from peerlab.flops import plan_budget
+from peerlab.distributed import global_rank, world_size
+from peerlab.flops import flops_breakdown, plan_budget
 from peerlab.lit_module import LanguageModel
 from peerlab.loggers import build_loggers, finish_loggers
+from peerlab.plan import check_run
 from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
+from peerlab.strategies import ShardedStrategy, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,6 @@ def output_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.out_dir).expanduser() / cfg.run_name
-
-
-def world_size(trainer_cfg: Any) -> int:
-    devices = trainer_cfg.devices
-    if isinstance(devices, int) and devices > 0:
-        n = devices
-    elif isinstance(devices, list | tuple) or OmegaConf.is_list(devices):
-        n = len(devices)
-    else:  # "auto" / -1: every visible accelerator, or one CPU process
-        n = max(1, torch.cuda.device_count()) if trainer_cfg.accelerator in ("auto", "gpu", "cuda") else 1
-    return n * trainer_cfg.num_nodes
 
 
 def read_results(run_dir: Path) -> dict | None:
@@ -104,10 +95,16 @@ def _check_same_run(run_dir: Path, cfg: DictConfig, rank: int = 0) -> None:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The step a resumed run starts from, once the checkpoint and the settings saved in it are checked as data."""
-    ckpt = load_checkpoint_dict(path, key="resume", mmap=True)
-    saved_settings.check(ckpt.get("hyper_parameters"), f"resume={str(path)!r}", ckpt.get("state_dict"),
-                         ckpt.get("peerlab_config"))
+    """The step a resumed run starts from, once the checkpoint and the settings saved in it are checked as data
+    (a sharded checkpoint's folder: its metadata's tensor shapes stand for the weights)."""
+    if sharded_checkpoint.is_sharded(path):
+        ckpt = load_checkpoint_dict(path / sharded_checkpoint.META, key="resume")
+        shapes = {name: torch.empty(shape, device="meta")
+                  for name, shape in sharded_checkpoint.tensor_shapes(path).items()}
+    else:
+        ckpt = load_checkpoint_dict(path, key="resume", mmap=True)
+        shapes = ckpt.get("state_dict")
+    saved_settings.check(ckpt.get("hyper_parameters"), f"resume={str(path)!r}", shapes, ckpt.get("peerlab_config"))
     return int(ckpt["global_step"])
 
 
@@ -154,7 +151,8 @@ def log_startup(cfg: DictConfig, run_dir: Path, module: LanguageModel, plan) -> 
 
 
 def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
-    """Token-averaged loss over a whole split in eval mode, plus the mixers' usage statistics."""
+    """Token-averaged loss over a whole split in eval mode, plus the mixers' usage statistics. Every rank scores
+    its share of the batches (``data/sharding.py``) and the sums are added up across ranks."""
     model = module.model
     was_training = model.training
     model.eval()
@@ -163,12 +161,15 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
     total, count = 0.0, 0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(module.device), y.to(module.device)
-            total += model.loss(x, y).item() * y.numel()
-            count += y.numel()
+            loss_sum, n = module.score_batch(x.to(module.device), y.to(module.device))
+            total, count = total + loss_sum, count + n
+    sums = torch.tensor([total, float(count)], dtype=torch.float64, device=module.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+        module.reduce_usage()
     stats = module.usage_stats()
     model.train(was_training)
-    return total / count, stats
+    return (sums[0] / sums[1]).item(), stats
 
 
 def run(cfg: DictConfig) -> dict:
@@ -200,40 +201,55 @@ def run(cfg: DictConfig) -> dict:
         model=as_dict(cfg.model), layer=as_dict(cfg.layer), optim=as_dict(cfg.optim), vocab_size=dm.vocab_size,
         seq_len=data.seq_len, tokens_per_step=tokens_per_step, budget=float(cfg.budget),
     )
-    with torch.device("meta"):  # FLOPs need shapes only, not a second copy of (possibly huge) expert tables
-        flops = LanguageModel(**module_args, max_steps=1).flops
+    def meta_model():  # FLOPs and memory need shapes only, not a second copy of (possibly huge) expert tables
+        with torch.device("meta"):
+            return LanguageModel(**module_args, max_steps=1).model
+
+    flops = flops_breakdown(meta_model())
     plan = plan_budget(float(cfg.budget), flops.train, tokens_per_step, cfg.min_steps)
+    memory = check_run(meta_model, cfg, n_procs, cuda)  # refuses, before allocating, what cannot fit the GPU
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what data preparation drew
     module = LanguageModel(**module_args, max_steps=plan.max_steps)
+    module.configure_execution(cfg.trainer.get("loss_chunk_tokens", 0), cfg.trainer.get("activation_checkpointing", False))
     config = as_dict(cfg)
     module.tokenizer_json = dm.tokenizer.to_str()
     module.run_config = config
 
     ckpt_dir = run_dir / "checkpoints"
     resume_from = ckpt_dir / LAST
-    ckpt_path = str(resume_from) if cfg.resume and resume_from.is_file() else None
+    if rank == 0:
+        sharded_checkpoint.recover(resume_from)  # a kill between the renames of a checkpoint swap
+    ckpt_path = str(resume_from) if cfg.resume and resume_from.exists() else None
     resume_step = checkpoint_step(resume_from) if ckpt_path else 0
     log_startup(cfg, run_dir, module, plan)
     loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step, rank=rank)
-    last_ckpt = LastCheckpoint(ckpt_dir, cfg.trainer.ckpt_every_steps, cfg.trainer.ckpt_every_minutes)
-    best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                                auto_insert_metric_name=False)
-    callbacks = [last_ckpt, best_ckpt, Preemption(last_ckpt)]
-    if cfg.trainer.progress_bar:
-        callbacks.append(BudgetProgressBar(refresh_steps=cfg.trainer.log_every_steps))
     tr = cfg.trainer
+    strategy = build_strategy(tr, n_procs)
+    sharded = isinstance(strategy, ShardedStrategy)
+    last_ckpt = LastCheckpoint(ckpt_dir, tr.ckpt_every_steps, tr.ckpt_every_minutes)
+    callbacks = [last_ckpt, Preemption(last_ckpt)]
+    best_ckpt = None
+    if not sharded:  # a sharded run keeps last.ckpt only: a second full sharded copy at every better validation
+        best_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                    auto_insert_metric_name=False)
+        callbacks.insert(1, best_ckpt)
+    if tr.progress_bar:
+        callbacks.append(BudgetProgressBar(refresh_steps=tr.log_every_steps))
     trainer = L.Trainer(
-        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy,
+        accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=strategy,
         precision=tr.precision, max_steps=plan.max_steps, max_epochs=-1,
         accumulate_grad_batches=tr.accumulate_grad_batches, gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=min(tr.val_every_steps, plan.max_steps) * tr.accumulate_grad_batches,
-        check_val_every_n_epoch=None, limit_val_batches=tr.val_batches, num_sanity_val_steps=0,
+        check_val_every_n_epoch=None, limit_val_batches=1.0, num_sanity_val_steps=0,
         log_every_n_steps=tr.log_every_steps, logger=loggers, callbacks=callbacks,
         enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
     )
     log.info("device: %s x %d (%s), precision %s, float32 matmuls %s", trainer.strategy.root_device.type, n_procs,
              trainer.strategy.__class__.__name__, tr.precision, torch.get_float32_matmul_precision())
+    if tr.get("activation_checkpointing", False):
+        log.info("activation checkpointing: each block's forward runs again in backward (about a third more block "
+                 "compute), which the FLOP budget does not charge")
     if ckpt_path:
         log.info("resuming from %s (step %d of %d)", ckpt_path, resume_step, plan.max_steps)
 
@@ -241,6 +257,8 @@ def run(cfg: DictConfig) -> dict:
         "status": "running", "run_dir": str(run_dir), "config": config, "budget": float(cfg.budget),
         "params_total": module.model.num_params(), "params_active": module.model.active_params(),
         "params_dense_backbone": dense_backbone_params(module.model, cfg.model),
+        "memory_planned_gib": memory.peak / 2**30, "strategy": strategy if isinstance(strategy, str) else
+        {"DDPStrategy": "ddp", "ShardedStrategy": "fsdp"}.get(type(strategy).__name__, type(strategy).__name__),
         "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
         "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
         "tokens_per_step": tokens_per_step, "max_steps": plan.max_steps, "world_size": n_procs,
@@ -262,10 +280,13 @@ def run(cfg: DictConfig) -> dict:
         finish_loggers(loggers, "failed")
         raise
     fit_time = time.time() - t_fit
+    if sharded:  # one file with the full weights and optimizer state, which anything loads as any checkpoint
+        with strategy.consolidated():
+            trainer.save_checkpoint(resume_from, weights_only=False)
 
+    val_loss, usage = evaluate(module, dm.eval_dataloader())  # every rank scores its share
     if not trainer.is_global_zero:
         return results
-    val_loss, usage = evaluate(module, dm.val_dataloader())
     final = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)), **usage,
              "flops": float(module.flops_done()), "tokens": float(module.tokens_done())}
     for logger in loggers:
@@ -278,7 +299,7 @@ def run(cfg: DictConfig) -> dict:
         final_val_ppl=final["val/ppl"], usage=usage, wall_time_s=time.time() - t0, fit_time_s=fit_time,
         train_tokens_per_s=(module.tokens_done() - module.tokens_done(resume_step)) / fit_time if fit_time > 0 else None,
         resumed_from_step=resume_step if ckpt_path else None, expert_grads=module.expert_grads,
-        checkpoints={"last": str(resume_from), "best": best_ckpt.best_model_path or None},
+        checkpoints={"last": str(resume_from), "best": (best_ckpt.best_model_path or None) if best_ckpt else None},
         csv=str(run_dir / "csv" / "metrics.csv"), wandb_dir=wandb_dir,
     )
     write_results(run_dir, results)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from peerlab.data import token_cache
 from peerlab.data.sampling import ResumableSampler
+from peerlab.data.sharding import Padded, ShardedBatches
 from peerlab.data.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,10 @@ class TextDataModule(L.LightningDataModule):
         progress: bool = False,
         train_fraction: float = 1.0,
         local_rank: int = 0,
+        val_batches: int | None = None,
     ) -> None:
         super().__init__()
+        self.val_batches = val_batches  # batches of a periodic validation (the final one scores the whole split)
         self.local_rank = local_rank  # this process's rank on its node, as Lightning will resolve it
         if not 0 < train_fraction <= 1:
             raise ValueError(f"data.train_fraction={train_fraction}: must be in (0, 1]")
@@ -180,4 +183,15 @@ class TextDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        """The first ``val_batches`` validation batches, shared out among data-parallel ranks (``sharding.py``)."""
+        return self._sharded_val(self.val_batches)
+
+    def eval_dataloader(self) -> DataLoader:
+        """The whole validation split, shared out among data-parallel ranks: the final evaluation's."""
+        return self._sharded_val(None)
+
+    def _sharded_val(self, limit: int | None) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ShardedBatches(len(self.val_set), self.batch_size, rank, world, limit)
+        return DataLoader(Padded(self.val_set), batch_sampler=sampler, num_workers=self.num_workers)

@@ -1,0 +1,111 @@
+"""The distributed strategy a run trains with (``trainer.strategy``), all of them Lightning's own:
+
+- ``auto``: one process (or Lightning's choice for several devices);
+- ``ddp``: :class:`~lightning.pytorch.strategies.DDPStrategy` with ``gradient_as_bucket_view``, so each gradient
+  lives once, in DDP's all-reduce bucket (without it a second copy of every gradient stays allocated);
+- ``fsdp``: :class:`ShardedStrategy`, Lightning's ``ModelParallelStrategy`` (FSDP2, ``fully_shard``) over a
+  data-parallel mesh of every process (its default mesh would put them in a tensor-parallel dimension, where
+  ``fully_shard`` neither shards nor averages), with checkpoints written atomically and read as data
+  (:mod:`peerlab.sharded_checkpoint`).
+
+How the model is cut into FSDP units is :mod:`peerlab.fsdp`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+from peerlab import sharded_checkpoint as sc
+from peerlab.checkpointing import check_checkpoint, load_checkpoint_dict
+from peerlab.config import ConfigError
+
+FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # what ModelParallelStrategy accepts
+
+
+def build_strategy(trainer_cfg: Any, world: int):
+    """The Lightning strategy for ``trainer.strategy`` in a job of ``world`` processes."""
+    name = trainer_cfg.strategy
+    if name == "fsdp":
+        precision = str(trainer_cfg.precision)
+        if precision not in FSDP_PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r}: trainer=fsdp takes {', '.join(FSDP_PRECISIONS)}")
+        return ShardedStrategy(world)
+    if name == "ddp" or (name == "auto" and world > 1):
+        return DDPStrategy(gradient_as_bucket_view=True)
+    return "auto"
+
+
+class ShardedStrategy(ModelParallelStrategy):
+    """FSDP2 over every process. Checkpoints: sharded folders while training, written to ``.<name>.partial`` and
+    moved into place by rank 0 once all ranks have written (:func:`peerlab.sharded_checkpoint.replace`); inside
+    :meth:`consolidated`, one file with the full weights and optimizer state, written by rank 0 the same way."""
+
+    def __init__(self, world: int) -> None:
+        super().__init__(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True)
+
+    @contextmanager
+    def consolidated(self):
+        """Checkpoints saved inside are one full file (every rank takes part in gathering it)."""
+        self._save_distributed_checkpoint = False
+        try:
+            yield
+        finally:
+            self._save_distributed_checkpoint = True
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        path = Path(self.broadcast(str(filepath)))
+        partial = sc.partial_path(path)
+        if self.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sc.remove(partial)
+        self.barrier()
+        if self._save_distributed_checkpoint:
+            from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_save
+
+            state = {"state_dict": checkpoint.pop("state_dict")}
+            state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+            _distributed_checkpoint_save(state, partial)
+            if self.is_global_zero:
+                torch.save(checkpoint, partial / sc.META)
+                _fsync(partial / sc.META)
+        elif self.is_global_zero:  # full state dicts were gathered on rank 0 (StateDictOptions(full_state_dict))
+            self.checkpoint_io.save_checkpoint(checkpoint, partial)
+        self.barrier()
+        if self.is_global_zero:
+            sc.replace(partial, path)
+        self.barrier()
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not sc.is_sharded(path):  # a consolidated file: checked as data, then Lightning's full-file path
+            check_checkpoint(path, key="resume")
+            return super().load_checkpoint(path, weights_only=True)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        model = self.model
+        state = {"state_dict": get_model_state_dict(model)}
+        sc.load_into(state, path)
+        model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        for i, optimizer in enumerate(self.optimizers):
+            optim_state = {f"optimizer_{i}": get_optimizer_state_dict(model, optimizer)}
+            sc.load_into(optim_state, path)
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=optim_state[f"optimizer_{i}"],
+                                     options=StateDictOptions(cpu_offload=True))
+        return load_checkpoint_dict(path / sc.META, key="resume")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        import os
+
+        os.fsync(fh.fileno())
