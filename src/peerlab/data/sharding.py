@@ -10,7 +10,6 @@ count (``LanguageModel.score_batch``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
@@ -26,16 +25,16 @@ def batches(n_items: int, batch_size: int, limit: int | None = None) -> list[lis
 
 
 class ShardedBatches(Sampler[list[int]]):
-    """Rank ``rank``'s batches of :func:`batches`, padded to the same count on every rank. A padding batch names
-    its items as ``-1 - i`` (see :class:`Padded`)."""
+    """Rank ``rank``'s ``batch_size`` slice of each global batch of :func:`batches` (``batch_size x world``
+    items); an empty slice becomes a padding batch, which names its items as ``-1 - i`` (see :class:`Padded`)."""
 
     def __init__(self, n_items: int, batch_size: int, rank: int = 0, world: int = 1, limit: int | None = None) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} not in [0, {world})")
-        every = batches(n_items, batch_size, limit)
-        self.mine = every[rank::world]
-        per_rank = math.ceil(len(every) / world)
-        self.mine += [[-1 - i for i in every[0]]] * (per_rank - len(self.mine))
+        self.mine = []
+        for global_batch in batches(n_items, batch_size * world, limit):
+            part = global_batch[rank * batch_size:(rank + 1) * batch_size]
+            self.mine.append(part or [-1 - i for i in global_batch[:batch_size]])
 
     def __len__(self) -> int:
         return len(self.mine)
