@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST  ?= -q
 
-.PHONY: help install train demo test lint bench clean
+.PHONY: help install train demo test test-slow lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ demo: $(STAMP)  ## dense vs PEER at 1e12 FLOPs side by side on 2 cores, losses +
 
 test: $(STAMP)  ## run the test suite (slow checks excluded; `slurm` tests skip without slurm-wlm, as .ci/run installs)
 	$(PY) -m pytest $(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)  ## the multi-process and end-to-end checks (FSDP/DDP on 2 CPU processes, SLURM, gpu_scale --smoke)
+	$(PY) -m pytest $(PYTEST) -m slow
 
 lint: $(STAMP)  ## ruff lint
 	$(PY) -m ruff check src tests train.py

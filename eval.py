@@ -25,6 +25,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from peerlab.entry import run_checked
+    from peerlab.evaluate import validate_eval
     from peerlab.overrides import check_known_keys
 
     known = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "eval.yaml"))
@@ -32,4 +34,4 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    main()
+    run_checked(main, sys.argv[1:], "eval.py", CONFIG_DIR, "eval", check=validate_eval, sweeps=False)

@@ -19,7 +19,7 @@ from peerlab.errors import USER_ERRORS  # noqa: E402
 
 register_schema()
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM = 2, 3, 143
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGTERM, EXIT_SIGINT = 2, 3, 143, 130
 
 
 def _fail(message: str, code: int) -> None:
@@ -53,14 +53,23 @@ def main(cfg: DictConfig) -> float | None:
         print(f"interrupted by SIGTERM before training started; {output_dir(cfg)}/checkpoints is unchanged; "
               "rerun the same command to resume", file=sys.stderr)
         sys.exit(EXIT_SIGTERM)
+    except KeyboardInterrupt:  # Ctrl-C before training started or during the final evaluation: nothing lost
+        print(f"interrupted (Ctrl-C) outside training; {output_dir(cfg)}/checkpoints is unchanged; "
+              "rerun the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
     return results.get("final_val_loss")
 
 
-if __name__ == "__main__":
-    from peerlab.overrides import check_group_overrides
+def check(cfg: DictConfig) -> None:
+    """What every point must pass before anything runs: the config's checks and the mixer's sizes."""
+    from peerlab.config import validate
+    from peerlab.train import check_mixer
 
-    problem = check_group_overrides(sys.argv[1:], CONFIG_DIR)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    main()
+    validate(cfg)
+    check_mixer(cfg)
+
+
+if __name__ == "__main__":
+    from peerlab.entry import run_checked
+
+    run_checked(main, sys.argv[1:], "train.py", CONFIG_DIR, "train", check=check)

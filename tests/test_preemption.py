@@ -240,3 +240,17 @@ def test_a_rank_started_by_lightnings_launcher_logs_to_train_rank_r(tmp_path):
         for h in [h for h in root.handlers if isinstance(h, logging.FileHandler) and str(tmp_path) in h.baseFilename]:
             root.removeHandler(h)
             h.close()
+
+
+def test_a_second_ctrl_c_exits_at_once(monkeypatch):
+    import os
+
+    from peerlab.preemption import Preemption
+
+    callback = Preemption(last=None)
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    callback._record(signal.SIGINT, None)
+    assert callback.signum == signal.SIGINT and exits == []  # the first is recorded: saved at the next safe point
+    callback._record(signal.SIGINT, None)
+    assert exits == [130]

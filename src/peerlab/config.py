@@ -167,6 +167,7 @@ def register_schema() -> None:
 # ------------------------------------------------------------------------------------------------ checks
 
 MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 STRATEGIES = ("auto", "ddp", "fsdp")
 
 def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
@@ -211,8 +212,53 @@ def validate_optim(o: DictConfig, prefix: str = "") -> None:
     _require(o.grad_clip >= 0, f"{prefix}optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
 
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Keys of every data option (configs/data/*.yaml) and of the tokenizer: the nodes the schema leaves open.
+DATA_KEYS = ("name", "kind", "sources", "files", "val_fraction", "train_fraction", "seq_len", "batch_size",
+             "num_workers", "cache_dir", "path", "train_shards", "val_shards", "max_documents", "text_field",
+             "num_proc", "hf_cache_dir")
+TOKENIZER_KEYS = ("kind", "vocab_size")
+
+
+def _known_keys(node: Any, allowed: tuple[str, ...] | list[str], where: str, what: str) -> None:
+    """Refuse a key no option of the node has (``+key=...`` would otherwise add it, and train nothing different)."""
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        if key not in allowed:
+            full = f"{where}.{key}" if where else key
+            shown = sorted(k for k in allowed if k != "hydra")
+            raise ConfigError(f"{full}: not a key of {what}; allowed: {', '.join(shown)}")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Every key of a training config is one the code reads: the schema's, a data option's, the tokenizer's, and
+    for ``layer`` the chosen mixer's constructor arguments."""
+    import dataclasses
+    import inspect
+
+    fields = lambda cls: [f.name for f in dataclasses.fields(cls)]  # noqa: E731
+    _known_keys(cfg, [*fields(TrainConfig), "hydra"], "", "train.py's config")
+    for name, schema in (("model", ModelConfig), ("optim", OptimConfig), ("trainer", TrainerConfig)):
+        _known_keys(cfg.get(name), fields(schema), name, f"the {name} group")
+    _known_keys(cfg.get("logger"), fields(LoggerConfig), "logger", "the logger group")
+    _known_keys(cfg.logger.get("wandb") if isinstance(cfg.get("logger"), DictConfig) else None, fields(WandbConfig),
+                "logger.wandb", "logger.wandb")
+    _known_keys(cfg.get("data"), DATA_KEYS, "data", "any data option (configs/data)")
+    _known_keys(cfg.get("tokenizer"), TOKENIZER_KEYS, "tokenizer", "the tokenizer group")
+    layer = cfg.get("layer")
+    if isinstance(layer, DictConfig) and isinstance(layer.get("_target_"), str):
+        from peerlab.mixers import REGISTRY
+
+        cls = REGISTRY.get(layer._target_)
+        if cls is not None:
+            accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "d_model", "n_layer"}
+            _known_keys(layer, sorted(accepted | {"name", "_target_"}), "layer", f"layer={layer.get('name')} ({cls.__name__})")
+
+
 def validate(cfg: DictConfig) -> None:
     """Range and cross-field checks; raises :class:`ConfigError` with one line naming the key."""
+    check_known_keys(cfg)
     b = cfg.budget
     _require(isinstance(b, float | int) and math.isfinite(b) and b > 0, "budget", b, "must be a positive number of FLOPs, e.g. 3e13")
     _require(_is_int(cfg.min_steps) and cfg.min_steps >= 1, "min_steps", cfg.min_steps, "must be an integer >= 1")
@@ -230,6 +276,8 @@ def validate(cfg: DictConfig) -> None:
              "must be a number in (0, 1]: the share of training blocks used")
     if d.get("kind", "embedded") == "embedded":
         _require(isinstance(d.get("val_fraction"), float) and 0 < d.val_fraction < 1, "data.val_fraction", d.get("val_fraction"), "must be in (0, 1)")
+        if isinstance(d.get("files"), str):  # data.files=/path/a.txt without brackets: one file, not its characters
+            d.files = [d.files]
         for f in d.get("files") or []:
             _require(Path(f).expanduser().is_file(), "data.files", f, "file does not exist")
         if not (d.get("sources") or d.get("files")):
@@ -247,6 +295,15 @@ def validate(cfg: DictConfig) -> None:
     validate_optim(cfg.optim)
 
     tr = cfg.trainer
+    _require(tr.accelerator in ACCELERATORS, "trainer.accelerator", tr.accelerator, f"allowed: {', '.join(ACCELERATORS)}")
+    if tr.accelerator in ("gpu", "cuda"):
+        import torch
+
+        _require(torch.cuda.is_available(), "trainer.accelerator", tr.accelerator,
+                 "no GPU is visible here (torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")
+    dev = tr.devices
+    _require((_is_int(dev) and (dev >= 1 or dev == -1)) or dev == "auto" or OmegaConf.is_list(dev), "trainer.devices", dev,
+             "must be an integer >= 1, -1 or auto (every visible GPU), or a list of GPU indices")
     for key in ("accumulate_grad_batches", "val_every_steps", "val_batches", "log_every_steps", "ckpt_every_steps", "num_nodes"):
         _require(tr[key] >= 1, f"trainer.{key}", tr[key], "must be an integer >= 1")
     _require(tr.get("strategy", "auto") in STRATEGIES, "trainer.strategy", tr.get("strategy"),

@@ -45,13 +45,13 @@ def _local(name: str, path: str, field: str, cache_dir: str | None) -> Any:
     p = Path(path).expanduser()
     files = sorted(str(f) for f in p.glob("c4-validation.*.json.gz")) if name == "c4" and p.is_dir() else [str(p)]
     if not files or not Path(files[0]).is_file():
-        raise CorpusError(f"eval.sets.{name}.path={path!r}: no such file" + (" (or no c4-validation.*.json.gz there)" if name == "c4" else ""))
+        raise CorpusError(f"sets.{name}.path={path!r}: no such file" + (" (or no c4-validation.*.json.gz there)" if name == "c4" else ""))
     builder = _builder(Path(files[0]))
     ds = load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir)
     if builder == "text":
         field = "text"
     if field not in ds.column_names:
-        raise CorpusError(f"eval.sets.{name}.text_field={field!r}: not a field of {files[0]} ({', '.join(ds.column_names)})")
+        raise CorpusError(f"sets.{name}.text_field={field!r}: not a field of {files[0]} ({', '.join(ds.column_names)})")
     return ds, field
 
 
@@ -61,10 +61,10 @@ def _hub(name: str, field: str, cache_dir: str | None) -> Any:
     from peerlab.data.c4 import hub_unreachable_reason
 
     if name not in HUB:
-        raise CorpusError(f"eval set {name!r} has no hub source: set eval.sets.{name}.path to a local file")
+        raise CorpusError(f"eval set {name!r} has no hub source: set sets.{name}.path to a local file")
     why = hub_unreachable_reason()
     if why:
-        raise CorpusError(f"eval set {name!r}: the Hugging Face hub is unreachable ({why}); set eval.sets.{name}.path to a local copy")
+        raise CorpusError(f"eval set {name!r}: the Hugging Face hub is unreachable ({why}); set sets.{name}.path to a local copy")
     if name == "c4":
         ds = load_dataset("json", data_files=["hf://datasets/allenai/c4/en/c4-validation.00000-of-00008.json.gz"],
                           split="train", cache_dir=cache_dir)

@@ -133,10 +133,56 @@ def write_tables(out_dir: Path, table: dict[str, dict[str, float]]) -> None:
     (out_dir / "table.md").write_text("Perplexity (lower is better); token-level, non-overlapping blocks.\n\n" + "\n".join(lines) + "\n")
 
 
+def _positive_int(value: Any, key: str, none_ok: bool = False) -> None:
+    ok = (value is None and none_ok) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= 1" + (" or null (no cap)" if none_ok else ""))
+
+
+def checkpoints(cfg: Any) -> list[str]:
+    """The checkpoint paths ``ckpt`` names (one, or a list), checked for being there: one line otherwise."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ConfigError("ckpt: missing; give ckpt=<a .ckpt file> (e.g. runs/<run>/checkpoints/last.ckpt) or a list")
+    ckpts = list(cfg.ckpt) if OmegaConf.is_list(cfg.ckpt) or isinstance(cfg.ckpt, list) else [cfg.ckpt]
+    if not ckpts:
+        raise ConfigError("ckpt=[]: no checkpoint given; give ckpt=<a .ckpt file> or a list of them")
+    for ckpt in ckpts:
+        path = Path(str(ckpt)).expanduser()
+        if path.is_dir():
+            from peerlab.sharded_checkpoint import is_sharded
+
+            hint = ("a sharded checkpoint of an FSDP run that did not finish: finish it (rerun its command), or consolidate "
+                    f"it with python -m lightning.fabric.utilities.consolidate_checkpoint {path}") if is_sharded(path) else (
+                    f"a folder, not a checkpoint file (a run's are in {path / 'checkpoints'})")
+            raise ConfigError(f"ckpt={str(ckpt)!r}: {hint}")
+    return [str(c) for c in ckpts]
+
+
+def validate_eval(cfg: Any) -> None:
+    """eval.py's values, each refused in one line naming the key: the checkpoints, sizes and caps, the sets."""
+    from peerlab.eval_sets import SETS
+
+    checkpoints(cfg)
+    _positive_int(cfg.batch_size, "batch_size")
+    _positive_int(cfg.max_tokens, "max_tokens", none_ok=True)
+    _positive_int(cfg.max_documents, "max_documents", none_ok=True)
+    sets = list(cfg.eval_sets) if not isinstance(cfg.eval_sets, str) else [cfg.eval_sets]
+    if not sets:
+        raise ConfigError(f"eval_sets=[]: name at least one of {', '.join(SETS)} (or embedded:<source>)")
+    for name in sets:
+        if name not in SETS and not str(name).startswith("embedded:"):
+            raise ConfigError(f"eval_sets: {name!r} is not an evaluation set; allowed: {', '.join(SETS)}, embedded:<source>")
+    if not isinstance(cfg.wandb, bool):
+        raise ConfigError(f"wandb={cfg.wandb!r}: must be true or false")
+
+
 def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
     from omegaconf import OmegaConf
 
-    ckpts = cfg.ckpt if OmegaConf.is_list(cfg.ckpt) or isinstance(cfg.ckpt, list) else [cfg.ckpt]
+    validate_eval(cfg)
+    ckpts = checkpoints(cfg)
     out_dir = Path(cfg.out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -6,6 +6,7 @@ own action.
 | SIGUSR2 | submitit (``hydra/launcher=slurm``), ``signal_delay_s`` before the time limit; ``scancel --signal=USR2`` | submitit's handler requeues the job (up to ``max_num_timeout`` times) |
 | SIGUSR1 | the Lightning convention ``#SBATCH --signal=USR1@90`` | ``scontrol requeue $SLURM_JOB_ID`` under SLURM; elsewhere exit 138 |
 | SIGTERM | ``scancel``, a preemption, a time limit reached without ``--signal`` | exit 143; rerunning the command resumes |
+| SIGINT | Ctrl-C | exit 130; rerunning the command resumes. A second Ctrl-C exits at once (the checkpoint being written, if any, is left as it was: writes are atomic) |
 
 A handler only records the signal: a checkpoint written from inside a handler could catch the optimizer halfway
 through a step. The write happens at the next safe point, the end of the training or validation batch in flight,
@@ -35,7 +36,7 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger(__name__)
 
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-CAUGHT = (signal.SIGTERM, *REQUEUE_SIGNALS)
+CAUGHT = (signal.SIGTERM, signal.SIGINT, *REQUEUE_SIGNALS)
 
 
 class Preempted(BaseException):
@@ -101,6 +102,9 @@ class Preemption(Callback):
 
     # ------------------------------------------------------------------ handlers
     def _record(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:  # Ctrl-C twice: the user means now
+            os.write(2, b"\ninterrupted again (Ctrl-C): exiting now; last.ckpt is the last one saved\n")
+            os._exit(128 + signal.SIGINT)
         if not self.signum:  # the first signal decides what happens
             self.signum = signum
             self.received_step = self._trainer.global_step if self._trainer is not None else -1

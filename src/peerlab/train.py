@@ -13,12 +13,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from peerlab import __version__, saved_settings, sharded_checkpoint
+from peerlab import __version__, run_folder, saved_settings, sharded_checkpoint
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
-from peerlab.config import ADDED_KEYS, validate
+from peerlab.config import validate
+from peerlab.run_folder import RESULTS, write_results
 from peerlab.console import one_log_per_rank, quiet_third_party
 from peerlab.distributed import global_rank, world_size
 from peerlab.flops import flops_breakdown, plan_budget
@@ -31,12 +32,6 @@ from peerlab.strategies import ShardedStrategy, build_strategy
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.json"
-RUN_CONFIG = "run_config.yaml"
-# Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
-NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
-
-
 def output_dir(cfg: DictConfig) -> Path:
     """Hydra's output directory when running under ``@hydra.main``, else ``out_dir/run_name``."""
     from hydra.core.hydra_config import HydraConfig
@@ -44,54 +39,6 @@ def output_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.out_dir).expanduser() / cfg.run_name
-
-
-def read_results(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / RESULTS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def write_results(run_dir: Path, results: dict) -> None:
-    tmp = run_dir / (RESULTS + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(run_dir / RESULTS)
-
-
-def _identity(cfg: DictConfig) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
-
-
-def _with_added_keys(saved: DictConfig) -> DictConfig:
-    for dotted, value in ADDED_KEYS.items():
-        parent, _, key = dotted.rpartition(".")
-        node = OmegaConf.select(saved, parent) if parent else saved
-        if isinstance(node, DictConfig) and key not in node:
-            with open_dict(node):  # a saved config that predates a key holds its neutral value
-                node[key] = value
-    return saved
-
-
-def _check_same_run(run_dir: Path, cfg: DictConfig, rank: int = 0) -> None:
-    saved = run_dir / RUN_CONFIG
-    if not saved.is_file():
-        if rank == 0:  # written whole or not at all: another rank may be reading it
-            tmp = saved.with_name(f".{RUN_CONFIG}.tmp")
-            OmegaConf.save(cfg, tmp, resolve=True)
-            tmp.replace(saved)
-        return
-    old = _identity(_with_added_keys(OmegaConf.load(saved)))
-    new = _identity(cfg)
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        from peerlab.config import ConfigError
-
-        raise ConfigError(
-            f"run_name={cfg.run_name!r}: {run_dir} holds a run with a different config (differs in {', '.join(diff)}); "
-            "choose another run_name= or out_dir=, or delete that directory"
-        )
 
 
 def checkpoint_step(path: Path) -> int:
@@ -180,12 +127,15 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_results(run_dir)
-    if cfg.resume and previous and previous.get("status") == "completed":
-        log.info("%s already holds a completed run (results.json); nothing to do. Delete it to rerun.", run_dir)
-        return previous
-    _check_same_run(run_dir, cfg, rank)
     check_mixer(cfg)
+    done = run_folder.settle(run_dir, cfg, rank)  # refuses another config; resume=false moves the earlier run aside
+    if done is not None:
+        message = (f"already complete: {run_dir} (final val loss {done.get('final_val_loss', float('nan')):.4f} after "
+                   f"{done.get('steps')} steps); nothing to train. resume=false trains it again, moving this run aside")
+        log.info("%s", message)
+        if rank == 0:
+            print(message, flush=True)
+        return done
 
     L.seed_everything(cfg.seed, workers=True)
     cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()

@@ -48,6 +48,21 @@ class PackedBlocks(Dataset):
         return chunk[:-1], chunk[1:]
 
 
+class ResumableLoader(DataLoader):
+    """The training loader, with Lightning's stateful-loader protocol (``state_dict``/``load_state_dict``), which
+    Lightning looks for before it trusts a loader to resume mid-epoch. Where a resumed run continues is a pure
+    function of the restored step (``sampling.py``), so the state holds what that function needs besides the step,
+    the seed and the ranks, and a checkpoint whose stream differs from this run's is refused."""
+
+    def state_dict(self) -> dict:
+        return {"seed": self.sampler.seed, "world": self.sampler.world, "rank": self.sampler.rank}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved, here = (state.get("seed"), state.get("world")), (self.sampler.seed, self.sampler.world)
+        if saved != here:
+            raise RuntimeError(f"the checkpoint's sample stream (seed, ranks) {saved} is not this run's {here}")
+
+
 def kept_blocks(n: int, fraction: float) -> int:
     return max(1, int(n * fraction))
 
@@ -179,8 +194,8 @@ class TextDataModule(L.LightningDataModule):
         )
         if sampler.start > 0:  # a resumed run says where in the sample stream it continues
             log.info("training data: positions %d to %d of the seeded sample stream", sampler.start, sampler.end)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         """The first ``val_batches`` validation batches, shared out among data-parallel ranks (``sharding.py``)."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from peerlab.mixers.activations import activation_fn
-from peerlab.mixers.base import ActivationMemory, Mixer, Precision
+from peerlab.mixers.base import ActivationMemory, Mixer, MixerConfigError, Precision
 
 
 class FeedForward(Mixer):
@@ -28,7 +28,8 @@ class FeedForward(Mixer):
         self.d_model = d_model
         self.d_hidden = int(d_hidden) if d_hidden else int(round(hidden_mult * d_model))
         if self.d_hidden < 1:
-            raise ValueError(f"ffw: hidden width {self.d_hidden} must be >= 1 (hidden_mult={hidden_mult})")
+            key = f"layer.d_hidden={d_hidden}" if d_hidden else f"layer.hidden_mult={hidden_mult}"
+            raise MixerConfigError(f"{key}: the hidden width {self.d_hidden} must be >= 1")
         self.act = activation_fn(activation)
         self.up = nn.Linear(d_model, self.d_hidden, bias=False)
         self.down = nn.Linear(self.d_hidden, d_model, bias=False)
