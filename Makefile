@@ -32,7 +32,7 @@ test-slow: $(STAMP)  ## the multi-process and end-to-end checks (FSDP/DDP on 2 C
 	$(PY) -m pytest $(PYTEST) -m slow
 
 lint: $(STAMP)  ## ruff lint
-	$(PY) -m ruff check src tests train.py
+	$(PY) -m ruff check src tests benchmarks experiments train.py eval.py generate.py
 
 bench: $(STAMP)  ## layers, PyPI PEER-pytorch/PKM and training steps side by side -> benchmarks/RESULTS.md (~10 min)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -69,3 +69,21 @@ def run_train(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int
         [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir) -> dict:
+    """One tiny PEER run for the whole test session (its results.json), for tests that need a trained checkpoint."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from peerlab.config import register_schema
+    from peerlab.train import run
+
+    register_schema()
+    out = tmp_path_factory.mktemp("tiny-run")
+    overrides = [*TINY, "layer=peer_small", "layer.n_experts=1024", "layer.d_key=16", "budget=1.5e10", f"out_dir={out}",
+                 "logger=csv"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides)
+    return run(cfg)

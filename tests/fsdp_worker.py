@@ -89,7 +89,7 @@ def main(rank: int, world: int, store: str, out: str) -> None:
         for m in ddp_model.mixers:
             m.prepare_for_backend(group=("gloo", world))
         ddp = DistributedDataParallel(ddp_model)
-        ddp_losses, _ = train(ddp_model, data, rank, world, wrapped=lambda x, y: ddp(x, y))
+        ddp_losses, _ = train(ddp_model, data, rank, world, wrapped=ddp)
         fsdp_model = copy.deepcopy(base)
         for m in fsdp_model.mixers:
             m.prepare_for_backend(sharded=True, group=("gloo", world))

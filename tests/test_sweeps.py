@@ -35,6 +35,8 @@ def sweep(tmp_path_factory, cache_dir):
     args = ["-m", "-cd", str(root), "-cn", "tiny_sweep", *TINY[1:], f"out_dir={root}"]
     proc = run_train(*args, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = root / "sweeps" / "tiny"
+    assert proc.stdout.startswith(f"sweep: {sweep_dir} (where it stands: python -m peerlab.sweeps status {sweep_dir})")
     return root, args
 
 
@@ -83,10 +85,15 @@ def test_analysis_fits_and_draws(sweep, tmp_path):
     rows = [line for line in (tmp_path / "runs.md").read_text().splitlines()[2:] if line]
     assert len(rows) == sum(1 for _ in (root / "sweeps").rglob("results.json"))
     assert all(row.startswith("| 2.5e10 |") for row in rows)
-    assert main([str(root / "sweeps"), "--out", str(tmp_path / "abl"), "--ablation", "model.depth", "--series", "layer.name"]) == 0
-    assert "| ffw | 2 |" in (tmp_path / "abl" / "ablation.md").read_text()
+    # model.depth pools tiny and d2 (both depth 2, of other widths): refused rather than reported as a seed spread
+    assert main([str(root / "sweeps"), "--out", str(tmp_path / "abl"), "--ablation", "model.depth", "--series", "layer.name"]) == 2
+    assert main([str(root / "sweeps"), "--out", str(tmp_path / "abl"), "--ablation", "model.aspect_ratio", "--series",
+                 "layer.name", "--where", "model.depth=2"]) == 0  # tiny (32) and d2 (64): one run per cell
+    assert "| ffw | 32 | 1 |" in (tmp_path / "abl" / "ablation.md").read_text()
     # A categorical key (here the layer's name) is drawn as categories.
-    assert main([str(root / "sweeps"), "--out", str(tmp_path / "cat"), "--ablation", "layer.name"]) == 0
+    assert main([str(root / "sweeps"), "--out", str(tmp_path / "cat"), "--ablation", "layer.name"]) == 2  # 3 sizes pooled
+    assert main([str(root / "sweeps"), "--out", str(tmp_path / "cat"), "--ablation", "layer.name", "--where",
+                 "model.name=d3"]) == 0
     assert (tmp_path / "cat" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -305,3 +312,47 @@ def test_pairwise_table_orders_every_pair_in_seed_standard_deviations():
     diff = opts[0].loss - opts[2].loss
     assert f"| {diff:+.4f} | {diff / 0.05:+.1f} | peer < ffw |" in ffw_peer  # hypot(0.03, 0.04) = 0.05
     assert "- (one seed)" in next(r for r in rows if "| ffw | moe |" in r)
+
+
+def test_an_ablation_cell_may_differ_in_its_seed_only():
+    from peerlab.analysis.__main__ import check_ablation
+
+    def run(layer, model, seed, loss=3.0):
+        return Run(Path("."), layer, 1e12, 1.0, loss, seed, {"config": {"layer": {"name": layer}, "model": {"name": model},
+                                                                        "seed": seed, "budget": 1e12}})
+
+    pooled = [run("peer", m, 0) for m in ("nano", "micro", "tiny")] + [run("ffw", "nano", 0)]
+    line = check_ablation(pooled, "layer.name", None)
+    assert line.startswith("--ablation layer.name: the runs at layer.name=peer differ in model.name")
+    assert "--series model.name" in line
+    assert check_ablation(pooled, "layer.name", "model.name") is None  # split by size: each cell one run
+    seeds = [run("peer", "nano", s) for s in range(3)]
+    assert check_ablation(seeds, "layer.name", None) is None  # seeds only: a real seed spread
+    assert check_ablation(seeds, "layer", None).startswith("--ablation layer: a whole config node")
+    assert check_ablation(seeds, "nope.key", None).startswith("--ablation nope.key: no run has that config key")
+
+
+def test_a_run_shorter_than_one_validation_period_still_has_its_final_point(tmp_path):
+    from peerlab.analysis.figures import run_curve
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("step,train/loss,flops\n0,5.0,1e9\n")
+    (tmp_path / "results.json").write_text(json.dumps({"flops": 2e9, "final_val_loss": 4.5}))
+    assert run_curve(tmp_path) == ([], (2e9, 4.5))
+
+
+def test_a_local_sweep_reports_where_it_stands_and_multirun_names_its_folder(sweep):
+    from peerlab.sweeps import status
+
+    root, args = sweep
+    found = status.sweep_points(root / "sweeps" / "tiny")
+    assert len(found) == 6 and {p.state for p in found} == {"done"}
+    assert status.summary(found) == "6/6 done"
+    victim = next((root / "sweeps" / "tiny").glob("*/results.json"))
+    record = json.loads(victim.read_text())
+    victim.write_text(json.dumps({**record, "status": "interrupted"}))
+    try:
+        line = status.summary(status.sweep_points(root / "sweeps" / "tiny"))
+        assert line.startswith("5/6 done, 1 interrupted\n  interrupted: ") and "log: " in line
+    finally:
+        victim.write_text(json.dumps(record))

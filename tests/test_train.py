@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import TINY, run_train
 from peerlab.config import ConfigError

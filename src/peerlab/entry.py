@@ -69,6 +69,9 @@ def preflight(argv: Sequence[str], command: str, config_dir: Path, config_name: 
     flags, overrides, prints = split(argv)
     if prints:
         return None
+    problem = check_group_overrides(overrides, CONFIGS)
+    if problem:
+        return problem
     parser = OverridesParser.create()
     multirun = "-m" in flags or "--multirun" in flags
     for arg in overrides:
@@ -79,9 +82,6 @@ def preflight(argv: Sequence[str], command: str, config_dir: Path, config_name: 
             return f"{arg}: cannot be read as key=value ({reason}); quote values with spaces or brackets"
         if parsed.is_sweep_override() and sweeps and not multirun:
             return f"{arg}: a sweep of values; add -m to run one job per value (or [a,b] for a list value)"
-    problem = check_group_overrides(overrides, CONFIGS)
-    if problem:
-        return problem
     folder = Path(flags.get("-cd") or flags.get("--config-dir") or config_dir).expanduser()
     name = flags.get("-cn") or flags.get("--config-name") or config_name
     if not (folder / f"{name}.yaml").is_file():

@@ -21,11 +21,20 @@ def main(argv: list[str]) -> int:
     from peerlab.config import register_schema, validate
     from peerlab.console import quiet_third_party
     from peerlab.errors import USER_ERRORS
-    from peerlab.overrides import check_group_overrides
 
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        print(f"error: {flags[0]}: python -m peerlab.prepare takes train.py's key=value overrides only (see --help)",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_third_party()
-    problem = check_group_overrides(argv, CONFIGS)
+    from peerlab.entry import preflight
+
+    problem = preflight(argv, "python -m peerlab.prepare", CONFIGS, "train", check=validate, sweeps=False)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -38,6 +47,11 @@ def main(argv: list[str]) -> int:
         dm.prepare_data()
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # Hydra's and OmegaConf's own (a bad value, an unknown key)
+        from peerlab.entry import _one_line
+
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(f"token cache: {dm._entry}")
     for split, info in dm.manifest["splits"].items():

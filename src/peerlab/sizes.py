@@ -90,18 +90,34 @@ def cost_structure(models: list[str], vocab: int, seq_len: int, layers: tuple[st
     return "\n".join(rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    from peerlab.cli import ArgumentParser, fail
+
+    ap = ArgumentParser(prog="python -m peerlab.sizes", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--layer", default="ffw", help="a configs/layer option, placed in the middle block")
     ap.add_argument("--cost", default=None, help="comma-separated model presets: print their cost structure instead")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    for flag, value in (("--vocab", args.vocab), ("--seq-len", args.seq_len)):
+        if value < 1:
+            fail(f"{flag}={value}: must be >= 1")
+    layers = sorted(p.stem for p in (CONFIGS / "layer").glob("*.yaml"))
+    if args.layer not in layers:
+        fail(f"--layer={args.layer}: not a configs/layer option; allowed: {', '.join(layers)}")
     if args.cost:
+        models = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+        unknown = [m for m in args.cost.split(",") if m not in models]
+        if unknown:
+            fail(f"--cost={args.cost}: {', '.join(unknown)} not a configs/model option; allowed: {', '.join(models)}")
         print(cost_structure(args.cost.split(","), args.vocab, args.seq_len))
-        return
+        return 0
     print(table(args.vocab, args.seq_len, args.layer))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(main())

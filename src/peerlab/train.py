@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -19,7 +19,6 @@ from peerlab import __version__, run_folder, saved_settings, sharded_checkpoint
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
 from peerlab.config import validate
-from peerlab.run_folder import RESULTS, write_results
 from peerlab.console import one_log_per_rank, quiet_third_party
 from peerlab.distributed import global_rank, world_size
 from peerlab.flops import flops_breakdown, plan_budget
@@ -28,6 +27,7 @@ from peerlab.loggers import build_loggers, finish_loggers
 from peerlab.plan import check_run
 from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
+from peerlab.run_folder import RESULTS, write_results
 from peerlab.strategies import ShardedStrategy, build_strategy
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,14 @@ def run(cfg: DictConfig) -> dict:
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
     )
     log.info("device: %s x %d (%s), precision %s, float32 matmuls %s", trainer.strategy.root_device.type, n_procs,
-             trainer.strategy.__class__.__name__, tr.precision, torch.get_float32_matmul_precision())
+             trainer.strategy.__class__.__name__, trainer.precision, torch.get_float32_matmul_precision())
+    if str(trainer.precision) != str(tr.precision):  # Lightning's choice for what the device has (16 on a CPU: bf16)
+        log.warning("trainer.precision=%s runs as %s on %s", tr.precision, trainer.precision,
+                    trainer.strategy.root_device.type)
+    cores = os.cpu_count() or 1
+    if trainer.strategy.root_device.type == "cpu" and n_procs > cores:
+        log.warning("trainer.devices=%s: %d CPU processes on %d cores share them, each slower than one alone",
+                    tr.devices, n_procs, cores)
     if tr.get("activation_checkpointing", False):
         log.info("activation checkpointing: each block's forward runs again in backward (about a third more block "
                  "compute), which the FLOP budget does not charge")

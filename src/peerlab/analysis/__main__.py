@@ -37,8 +37,44 @@ def matches(actual, wanted: str) -> bool:
         return str(actual) == wanted
 
 
+# Config keys in which the seeds of one ablation cell may differ: they do not change what is trained.
+SEED_KEYS = ("seed", "run_name", "out_dir", "resume", "logger")
+
+
+def check_ablation(runs, key: str, series: str | None) -> str | None:
+    """An error line if ``key`` (or ``series``) is not a plain config value of the runs, or if the runs of one cell
+    differ in more than their seed (their spread would be reported as the seeds')."""
+    from peerlab.run_folder import differences
+
+    for flag, k in (("--ablation", key), ("--series", series)):
+        if k is None:
+            continue
+        values = [r.config_value(k) for r in runs]
+        if all(v is None for v in values):
+            return f"{flag} {k}: no run has that config key (e.g. layer.name, model.name, layer.n_experts, budget)"
+        if any(isinstance(v, dict | list) for v in values):
+            return f"{flag} {k}: a whole config node, not a value; give a key below it (e.g. {k}.name)"
+    cells: dict[tuple, list] = {}
+    for r in runs:
+        cells.setdefault((r.config_value(series) if series else None, r.config_value(key)), []).append(r)
+    for (s, v), members in cells.items():
+        base = {k: x for k, x in members[0].results["config"].items() if k not in SEED_KEYS}
+        for other in members[1:]:
+            diff = [d for d in differences(base, {k: x for k, x in other.results["config"].items() if k not in SEED_KEYS})
+                    if d[0] not in (key, series)]
+            if diff:
+                k, a, b = diff[0]
+                where = f"{series}={s}, " if series else ""
+                return (f"--ablation {key}: the runs at {where}{key}={v} differ in {k} ({a}, {b}), not only in their seed; "
+                        f"keep one with --where {k}=<value>, or split them with --series {k}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from peerlab.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="python -m peerlab.analysis", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", help="folders searched (recursively) for results.json")
     ap.add_argument("--out", required=True, type=Path, help="where figures and tables are written")
     ap.add_argument("--ablation", help="config key on the x-axis of an ablation (e.g. layer.n_experts)")
@@ -62,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"error: no completed results.json under {', '.join(args.dirs)} (skipped: {skipped or 'none found'})", file=sys.stderr)
         return 2
+    if args.ablation:
+        problem = check_ablation(runs, args.ablation, args.series)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     if args.ablation:

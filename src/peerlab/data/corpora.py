@@ -159,10 +159,16 @@ def load_documents(sources: Iterable[str], files: Sequence[str | Path] = (),
         if name not in SOURCES:
             raise CorpusError(f"data.sources: {name!r} is not a known source; allowed: {sorted(SOURCES)}")
         docs.extend(wikipedia_documents(cache_dir) if name == "wikipedia" else SOURCES[name]())
-    docs.extend(file_documents(files))
+    blank = []  # files with no non-blank text, named if nothing else is left
+    for path in files:
+        from_file = file_documents([path])
+        if not any(d.text.strip() for d in from_file):
+            blank.append(str(Path(path).expanduser()))
+        docs.extend(from_file)
     docs = [d for d in docs if d.text.strip()]
     if not docs:
-        raise CorpusError("data: the corpus is empty (no non-blank documents in data.sources / data.files)")
+        named = f"data.files={[str(f) for f in files]}" if files else "data.sources=[] and data.files=[]"
+        raise CorpusError(f"{named}: the corpus is empty" + (f" ({', '.join(blank)}: no non-blank text)" if blank else ""))
     return docs
 
 

@@ -1,4 +1,5 @@
-"""The state of every point of a sweep, from SLURM's queue and each point's ``results.json``.
+"""The state of every point of a sweep: from SLURM's queue and each point's ``results.json`` for
+``hydra/launcher=slurm``, from ``multirun.yaml`` and the point folders for a local launcher (basic, joblib).
 
 The launcher records, in ``<sweep dir>/.peerlab_sweep.json``, each point's folder and, once submitted, its SLURM job
 id. A point is ``done`` when its results.json says ``completed``; otherwise its job's state comes from ``squeue``
@@ -44,6 +45,66 @@ def read_manifest(sweep_dir: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         raise FileNotFoundError(f"{sweep_dir}: no sweep launched with hydra/launcher=slurm here (no {MANIFEST})") from None
     return data
+
+
+def _normalised(overrides: list[str]) -> frozenset:
+    """A point's overrides as (key, value) pairs, numbers as numbers (Hydra writes 1e12 back as 1000000000000.0)."""
+    out = set()
+    for o in overrides:
+        key, _, value = str(o).partition("=")
+        try:
+            value = float(value)
+        except ValueError:
+            value = value.strip("'\"")
+        out.add((key.lstrip("+"), value))
+    return frozenset(out)
+
+
+def local_points(sweep_dir: Path) -> list[Point]:
+    """The points of a sweep run by a local launcher (Hydra's basic or joblib), from its ``multirun.yaml`` (the grid)
+    and each point folder's overrides and results.json. A local launcher leaves no queue to ask: a point with a
+    folder and no result is ``started`` (running now, or stopped without a result)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    sweep_dir = Path(sweep_dir)
+    meta = OmegaConf.load(sweep_dir / "multirun.yaml")
+    params = meta.hydra.sweeper.get("params") or {}
+    task = list(meta.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *task])
+    grid = BasicSweeper.split_arguments(parsed, None)[0]
+    folders = {}
+    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
+        folders[_normalised(OmegaConf.load(overrides_file))] = overrides_file.parent.parent
+    found = []
+    for point in grid:
+        folder = folders.get(_normalised(point))
+        name = folder.name if folder is not None else " ".join(point)
+        if folder is None:
+            found.append(Point(name, None, "not started"))
+            continue
+        try:
+            status = json.loads((folder / "results.json").read_text()).get("status")
+        except (OSError, json.JSONDecodeError):
+            status = None
+        state = {"completed": "done", None: "started"}.get(status, status if status in ("interrupted", "diverged",
+                                                                                       "failed") else "started")
+        found.append(Point(name, None, state, log=str(folder / "train.log")))
+    return found
+
+
+def sweep_points(sweep_dir: Path, env: dict | None = None) -> list[Point]:
+    """Every point of a sweep, whichever launcher ran it: SLURM's (its manifest and queue) or a local one."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such folder")
+    if (sweep_dir / MANIFEST).is_file():
+        return points(sweep_dir, env)
+    if (sweep_dir / "multirun.yaml").is_file():
+        return local_points(sweep_dir)
+    raise FileNotFoundError(f"{sweep_dir}: not a sweep folder (no multirun.yaml, no {MANIFEST}): give the folder a "
+                            "multirun printed at its start, e.g. runs/sweeps/<name>")
 
 
 def queue(job_ids: list[str], env: dict | None = None) -> dict[str, tuple[str, str]]:
@@ -120,13 +181,14 @@ def summary(found: list[Point]) -> str:
     if counts["pending"]:
         reasons = Counter(p.reason or "queued" for p in found if p.state == "pending")
         parts.append(f"{counts['pending']} pending ({', '.join(f'{r}' if n == counts['pending'] else f'{r}: {n}' for r, n in reasons.most_common())})")
-    for state in ("unsubmitted", "interrupted", "diverged", "failed"):
+    for state in ("started", "not started", "unsubmitted", "interrupted", "diverged", "failed"):
         if counts[state]:
             parts.append(f"{counts[state]} {state}")
     lines = [", ".join(parts)]
     for p in found:
         if p.state in ("failed", "interrupted", "diverged"):
-            lines.append(f"  {p.state}: {p.subdir} (job {p.job}; log: {p.log})")
+            job = f"job {p.job}; " if p.job else ""
+            lines.append(f"  {p.state}: {p.subdir} ({job}log: {p.log})")
         elif p.state == "pending" and p.reason in NEVER_STARTS:
             lines.append(f"  never starts: {p.subdir} (job {p.job}, Reason={p.reason}: it asks for more than its "
                          f"partition has; scancel {p.job} and lower hydra.launcher.cpus_per_task, mem_gb or gpus_per_node)")
