@@ -197,3 +197,42 @@ def test_a_crafted_checkpoint_is_one_line_through_eval_and_resume(runs, tmp_path
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: resume=" in proc.stderr and "hyper_parameters.layer.activation: a saved config may not" in proc.stderr
     assert "Traceback" not in proc.stderr and not marker.exists()
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from peerlab.checkpointing import AtomicCheckpointIO, load_checkpoint_dict
+    from peerlab.run_folder import holds_run
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+
+    def killed_midway(self, checkpoint, target, storage_options=None):
+        with open(target, "wb") as fh:
+            fh.write(b"PK\x03\x04" + b"\x00" * 100)  # the first bytes of a zip, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    assert load_checkpoint_dict(path)["global_step"] == 1  # the previous checkpoint, whole
+    assert any(p.name.startswith(".last.ckpt.tmp-") for p in path.parent.iterdir())  # the cut-short write, aside
+    path.unlink()
+    assert not holds_run(tmp_path)  # a write cut short is not a finished checkpoint
+
+
+@pytest.mark.parametrize("where", ["data", "layer"])
+def test_a_hydra_key_in_the_saved_run_config_is_refused(runs, tmp_path, where):
+    from peerlab.checkpointing import load_checkpoint_dict
+    from peerlab.config import ConfigError
+    from peerlab.evaluate import load_checkpoint
+
+    marker, crafted = tmp_path / "written", tmp_path / "crafted.ckpt"
+    ckpt = load_checkpoint_dict(runs["ffw"]["checkpoints"]["last"])
+    ckpt["peerlab_config"][where]["extra"] = _writes(marker)  # eval.py reads the run config (its data, its layer)
+    torch.save(ckpt, crafted)
+    with pytest.raises(ConfigError, match=rf"peerlab_config.{where}.extra: a saved config may not instantiate anything"):
+        load_checkpoint(crafted)
+    assert not marker.exists()

@@ -19,7 +19,8 @@ def test_demo_trains_both_prints_the_difference_and_draws_the_curves(tmp_path, c
     assert set(losses) == {"dense", "PEER"}, out
     diff = float(re.search(r"^PEER - dense: ([+-]\d+\.\d+) nats at equal FLOPs", out, re.M)[1])
     assert abs(diff - (losses["PEER"] - losses["dense"])) < 1e-4
-    results = {layer: json.loads((tmp_path / "demo" / layer / "results.json").read_text())
+    # one folder per layer, model and budget: a demo at another budget trains its own runs, never reuses these
+    results = {layer: json.loads((tmp_path / "demo" / f"{layer}-s2-3e10" / "results.json").read_text())
                for layer in ("ffw", "peer_matched")}
     assert all(r["status"] == "completed" and r["config"]["model"]["name"] == "s2" for r in results.values())
     assert all(abs(r["flops"] - 3e10) / 3e10 < 0.05 for r in results.values())  # equal FLOPs, within one step

@@ -65,3 +65,27 @@ def test_explicit_sizes_override_the_rule():
         peer = mixer_factory(layer)(d_model=64, n_layer=4)
     rule = matched_sizes(64)
     assert (peer.n_experts, peer.heads, peer.k, peer.router.d_key) == (100 * 100, rule.heads, rule.k, rule.d_key)
+
+
+# The sizes the matched study trained with at its widths (s2n ... s6), as (N, heads, k, d_key): the committed results
+# depend on them, so a change of the rule must show here.
+STUDY_SIZES = {
+    24: {"peer": (31**2, 1, 3, 24), "pkm": (44**2, 1, 6, 24), "memory_plus": (44**2, 1, 6, 12), "wide": (56**2, 1, 3, 24)},
+    32: {"peer": (36**2, 1, 4, 32), "pkm": (51**2, 1, 8, 32), "memory_plus": (51**2, 1, 8, 16), "wide": (64**2, 1, 4, 32)},
+    48: {"peer": (48**2, 2, 3, 24), "pkm": (62**2, 2, 6, 24), "memory_plus": (62**2, 2, 6, 12), "wide": (79**2, 2, 3, 24)},
+    64: {"peer": (64**2, 2, 4, 32), "pkm": (72**2, 2, 8, 32), "memory_plus": (72**2, 2, 8, 16), "wide": (91**2, 2, 4, 32)},
+    80: {"peer": (80**2, 2, 5, 40), "pkm": (80**2, 2, 10, 40), "memory_plus": (80**2, 2, 10, 20), "wide": (102**2, 2, 5, 40)},
+    96: {"peer": (96**2, 2, 6, 48), "pkm": (96**2, 2, 12, 48), "memory_plus": (96**2, 2, 12, 24), "wide": (111**2, 2, 6, 48)},
+}
+
+
+@pytest.mark.parametrize("d_model", sorted(STUDY_SIZES))
+def test_the_rule_gives_the_studys_sizes_at_its_widths(d_model):
+    for kind, expected in STUDY_SIZES[d_model].items():
+        sizes = matched_sizes(d_model, "peer", 32) if kind == "wide" else matched_sizes(d_model, kind)
+        assert (sizes.n_keys, sizes.heads, sizes.k, sizes.d_key) == expected, (d_model, kind)
+
+
+def test_the_study_grid_is_these_widths():
+    widths = {OmegaConf.load(CONFIGS / "model" / f"{m}.yaml") for m in GRID}
+    assert {w.d_model or w.depth * w.aspect_ratio for w in widths} == set(STUDY_SIZES)

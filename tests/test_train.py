@@ -217,3 +217,24 @@ def test_matmul_precision_is_checked(compose):
 
     with pytest.raises(ConfigError, match=r"trainer.matmul_precision='fast': allowed: auto, highest, high, medium"):
         validate(compose("trainer.matmul_precision=fast"))
+
+
+def test_accumulation_counts_in_the_budget(compose, tmp_path):
+    """Twice the micro-batches per step: twice the tokens per step, half the steps, the same tokens and FLOPs."""
+    one = run(compose("budget=1.2e10", f"out_dir={tmp_path}", "run_name=a1", "logger=csv"))
+    two = run(compose("budget=1.2e10", f"out_dir={tmp_path}", "run_name=a2", "logger=csv",
+                      "trainer.accumulate_grad_batches=2"))
+    assert two["tokens_per_step"] == 2 * one["tokens_per_step"] == 2 * 8 * 32
+    assert two["max_steps"] == one["max_steps"] // 2 and two["steps"] == two["max_steps"]
+    assert abs(two["tokens"] - one["tokens"]) <= one["tokens_per_step"]  # within one step's rounding
+    rows = [r for r in read_csv(two["csv"]) if r.get("train/loss")]
+    assert float(rows[-1]["flops"]) == two["flops"]  # each logged row counts whole steps of the doubled size
+
+
+def test_wandb_plots_every_key_against_cumulative_flops(finished):
+    from peerlab.wandb_offline import metrics
+
+    _, r = finished
+    defined = metrics(r["wandb_dir"])  # the offline-run folder the log and results.json name
+    assert ("flops", "") in defined
+    assert [step for name, step in defined if name == "*"][-1] == "flops"  # after Lightning's own: ours wins

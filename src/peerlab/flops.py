@@ -74,6 +74,12 @@ class BudgetPlan:
         return self.max_steps * self.flops_per_step
 
 
+def tokens_per_step(batch_size: int, seq_len: int, accumulate: int, world: int) -> int:
+    """Tokens one optimizer step trains on: the micro-batch's sequences, times the micro-batches accumulated, times
+    the data-parallel processes (each takes its own micro-batches)."""
+    return batch_size * seq_len * accumulate * world
+
+
 class BudgetTooSmall(ValueError):
     pass
 

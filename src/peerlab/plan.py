@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from peerlab.builders import build_model
 from peerlab.config import ConfigError, validate, written_as
 from peerlab.distributed import world_size
-from peerlab.flops import BudgetTooSmall, flops_breakdown, plan_budget
+from peerlab.flops import BudgetTooSmall, flops_breakdown, plan_budget, tokens_per_step
 from peerlab.memory import Estimate, Execution
 from peerlab.memory import estimate as memory_estimate
 
@@ -141,14 +141,14 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
     ex = execution(cfg, device, world)
     model = _meta_model(cfg)
     flops = flops_breakdown(model)
-    tokens_per_step = ex.micro_batch * ex.seq_len * ex.accumulate * world
+    step_tokens = tokens_per_step(ex.micro_batch, ex.seq_len, ex.accumulate, world)
     row: dict = {"overrides": overrides, "params": model.num_params(), "params_active": model.active_params(),
                  "flops_per_token": flops.train, "strategy": ex.strategy, "world": world, "precision": ex.precision,
-                 "micro_batch": ex.micro_batch, "accumulate": ex.accumulate, "tokens_per_step": tokens_per_step,
+                 "micro_batch": ex.micro_batch, "accumulate": ex.accumulate, "tokens_per_step": step_tokens,
                  "activation_checkpointing": ex.activation_checkpointing, "loss_chunk_tokens": ex.loss_chunk_tokens,
                  "device": device, "device_gb": device_gib}
     try:
-        budget = plan_budget(float(cfg.budget), flops.train, tokens_per_step, cfg.min_steps)
+        budget = plan_budget(float(cfg.budget), flops.train, step_tokens, cfg.min_steps)
         row.update(steps=budget.max_steps, tokens=budget.tokens, flops=budget.flops)
     except BudgetTooSmall as exc:
         row.update(steps=None, tokens=None, flops=None, error=str(exc))

@@ -56,7 +56,9 @@ def write_results(run_dir: Path, results: dict) -> None:
 def holds_run(run_dir: Path) -> bool:
     """Whether something finished is in the folder: a checkpoint, or a completed results.json."""
     ckpts = Path(run_dir) / CHECKPOINTS
-    if ckpts.is_dir() and any(p.name.endswith(".ckpt") or ".ckpt." in p.name for p in ckpts.iterdir()):
+    # a whole checkpoint (file or sharded folder), or the previous one a swap set aside; not a write cut short
+    if ckpts.is_dir() and any((p.name.endswith(".ckpt") and not p.name.startswith(".")) or p.name.endswith(".previous")
+                              for p in ckpts.iterdir()):
         return True
     results = read_results(run_dir)
     return bool(results) and results.get("status") == "completed"

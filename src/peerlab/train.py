@@ -21,7 +21,7 @@ from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load
 from peerlab.config import validate
 from peerlab.console import one_log_per_rank, quiet_third_party
 from peerlab.distributed import global_rank, world_size
-from peerlab.flops import flops_breakdown, plan_budget
+from peerlab.flops import flops_breakdown, plan_budget, tokens_per_step
 from peerlab.lit_module import LanguageModel
 from peerlab.loggers import build_loggers, finish_loggers
 from peerlab.plan import check_run
@@ -145,18 +145,18 @@ def run(cfg: DictConfig) -> dict:
     dm.prepare_data()
 
     n_procs = world_size(cfg.trainer)
-    tokens_per_step = data.batch_size * data.seq_len * cfg.trainer.accumulate_grad_batches * n_procs
+    step_tokens = tokens_per_step(data.batch_size, data.seq_len, cfg.trainer.accumulate_grad_batches, n_procs)
     as_dict = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     module_args = dict(
         model=as_dict(cfg.model), layer=as_dict(cfg.layer), optim=as_dict(cfg.optim), vocab_size=dm.vocab_size,
-        seq_len=data.seq_len, tokens_per_step=tokens_per_step, budget=float(cfg.budget),
+        seq_len=data.seq_len, tokens_per_step=step_tokens, budget=float(cfg.budget),
     )
     def meta_model():  # FLOPs and memory need shapes only, not a second copy of (possibly huge) expert tables
         with torch.device("meta"):
             return LanguageModel(**module_args, max_steps=1).model
 
     flops = flops_breakdown(meta_model())
-    plan = plan_budget(float(cfg.budget), flops.train, tokens_per_step, cfg.min_steps)
+    plan = plan_budget(float(cfg.budget), flops.train, step_tokens, cfg.min_steps)
     memory = check_run(meta_model, cfg, n_procs, cuda)  # refuses, before allocating, what cannot fit the GPU
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what data preparation drew
     module = LanguageModel(**module_args, max_steps=plan.max_steps)
@@ -218,7 +218,7 @@ def run(cfg: DictConfig) -> dict:
         {"DDPStrategy": "ddp", "ShardedStrategy": "fsdp"}.get(type(strategy).__name__, type(strategy).__name__),
         "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
         "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
-        "tokens_per_step": tokens_per_step, "max_steps": plan.max_steps, "world_size": n_procs,
+        "tokens_per_step": step_tokens, "max_steps": plan.max_steps, "world_size": n_procs,
         "vocab_size": dm.vocab_size, "tokenizer": dict(cfg.tokenizer), "train_tokens_available": dm.split_tokens("train"),
         "val_tokens": dm.split_tokens("val"), "versions": {"peerlab": __version__, "torch": torch.__version__,
                                                            "lightning": L.__version__, "python": platform.python_version()},

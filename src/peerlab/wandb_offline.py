@@ -47,21 +47,74 @@ def _records(data: bytes) -> Iterator[bytes]:
             raise ValueError(f"corrupt W&B run file: chunk type {kind} at byte {pos}")
 
 
-def history(path: str | Path) -> list[dict]:
-    """Every row logged to the run, as ``{key: value}`` dicts in logging order."""
+def run_file(path: str | Path) -> Path:
+    """The ``run-*.wandb`` file of ``path``: the file itself, or the ``offline-run-*`` folder the log names."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("run-*.wandb"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no run-*.wandb file in this folder (an offline-run-* folder of W&B)")
+        return files[-1]
+    return path
+
+
+def records(path: str | Path) -> Iterator:
+    """Every ``wandb_internal_pb2.Record`` of an offline run, in order."""
     from wandb.proto import wandb_internal_pb2
 
-    rows = []
-    for raw in _records(Path(path).read_bytes()):
+    for raw in _records(run_file(path).read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            rows.append(row)
-    return rows
+        yield record
+
+
+def _items(items) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+def history(path: str | Path) -> list[dict]:
+    """Every row logged to the run, as ``{key: value}`` dicts in logging order (``path``: the ``.wandb`` file or
+    its ``offline-run-*`` folder)."""
+    return [_items(r.history.item) for r in records(path) if r.WhichOneof("record_type") == "history"]
+
+
+def metrics(path: str | Path) -> list[tuple[str, str]]:
+    """``(name or glob, step metric)`` of each ``define_metric``: what W&B plots every key against."""
+    out = []
+    for r in records(path):
+        if r.WhichOneof("record_type") == "metric":
+            out.append((r.metric.name or r.metric.glob_name, r.metric.step_metric))
+    return out
+
+
+def run_info(path: str | Path) -> dict:
+    """The run record: id, project, group, job type, name and tags, with the config set at start."""
+    for r in records(path):
+        if r.WhichOneof("record_type") == "run":
+            return {"id": r.run.run_id, "project": r.run.project, "group": r.run.run_group, "job_type": r.run.job_type,
+                    "name": r.run.display_name, "tags": list(r.run.tags), "resumed": r.run.resumed,
+                    "config": _items(r.run.config.update)}
+    raise ValueError(f"{path}: no run record")
+
+
+def config(path: str | Path) -> dict:
+    """The run's config: the run record's, updated by every later config record (Lightning's hyper-parameters)."""
+    out = dict(run_info(path)["config"])
+    for r in records(path):
+        if r.WhichOneof("record_type") == "config":
+            out.update(_items(r.config.update))
+    return out
+
+
+def summary(path: str | Path) -> dict:
+    """The run's summary at its end: every summary update applied in order (the last value of each key)."""
+    out: dict = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "summary":
+            out.update(_items(r.summary.update))
+            for item in r.summary.remove:
+                out.pop(item.key or "/".join(item.nested_key), None)
+    return out
 
 
 def find_run_file(run_dir: str | Path) -> Path:

@@ -52,10 +52,25 @@ def scaling_table(laws: dict, gaps: list) -> str:
     return "\n".join(lines)
 
 
+def welch_p(a: Optimum, b: Optimum) -> float | None:
+    """Two-sided p-value of Welch's t-test that the two optima's losses are equal, from each one's seed standard
+    deviation and seed count at its nearest sampled size (None with fewer than two seeds on either side)."""
+    from scipy.stats import ttest_ind_from_stats
+
+    na, nb = a.seeds[a.best_index], b.seeds[b.best_index]
+    if a.seed_std is None or b.seed_std is None or na < 2 or nb < 2:
+        return None
+    if a.seed_std == 0 and b.seed_std == 0:
+        return None
+    return float(ttest_ind_from_stats(a.loss, a.seed_std, na, b.loss, b.seed_std, nb, equal_var=False).pvalue)
+
+
 def pairwise_table(opts: list[Optimum]) -> str:
-    """Every pair of methods at every budget: the difference of their optimal losses, and that difference in seed
-    standard deviations of the difference (hypot of the two seed spreads at the sizes nearest the optima)."""
-    lines = ["| budget | A | B | loss A - loss B | in seed sd of the difference | ordering |", "|---|---|---|---|---|---|"]
+    """Every pair of methods at every budget: the difference of their optimal losses, that difference in seed
+    standard deviations of the difference (hypot of the two seed spreads at the sizes nearest the optima), and the
+    p-value of Welch's t-test on the same seeds."""
+    lines = ["| budget | A | B | loss A - loss B | in seed sd of the difference | Welch's t-test p | ordering |",
+             "|---|---|---|---|---|---|---|"]
     by_budget: dict[float, list[Optimum]] = defaultdict(list)
     for o in opts:
         by_budget[o.budget].append(o)
@@ -66,8 +81,10 @@ def pairwise_table(opts: list[Optimum]) -> str:
                 diff = a.loss - b.loss
                 z = z_score(diff, a.seed_std, b.seed_std)
                 z = "- (one seed)" if z is None else f"{z:+.1f}"
+                p = welch_p(a, b)
+                p = "-" if p is None else f"{p:.2g}"
                 order = f"{a.method} < {b.method}" if diff < 0 else f"{b.method} < {a.method}"
-                lines.append(f"| {sci(budget)} | {a.method} | {b.method} | {diff:+.4f} | {z} | {order} |")
+                lines.append(f"| {sci(budget)} | {a.method} | {b.method} | {diff:+.4f} | {z} | {p} | {order} |")
     return "\n".join(lines)
 
 
