@@ -22,7 +22,7 @@ install: $(STAMP)  ## create .venv and install peerlab with its dev tools
 train: $(STAMP)  ## run the default job (dense d2 model, 3e13 FLOPs, embedded corpus); extra overrides: ARGS="layer=peer"
 	$(PY) train.py $(ARGS)
 
-demo: $(STAMP)  ## dense vs PEER at 1e12 FLOPs side by side on 2 cores, losses + loss-vs-FLOPs PNG (~5 min)
+demo: $(STAMP)  ## dense vs PEER at 1e12 FLOPs side by side on 2 cores, losses + loss-vs-FLOPs PNG (about 80 s)
 	$(PY) -m peerlab.demo $(ARGS)
 
 test: $(STAMP)  ## run the test suite (slow checks excluded; `slurm` tests skip without slurm-wlm, as .ci/run installs)
@@ -39,4 +39,4 @@ bench: $(STAMP)  ## layers, PyPI PEER-pytorch/PKM and training steps side by sid
 	$(PY) -m benchmarks.run
 
 clean:  ## remove the virtualenv and local run outputs (not the token cache in ~/.cache/peerlab)
-	rm -rf $(VENV) runs outputs multirun .pytest_cache
+	rm -rf $(VENV) runs outputs multirun eval .pytest_cache

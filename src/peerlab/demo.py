@@ -1,9 +1,10 @@
-"""``make demo`` (``python -m peerlab.demo``): the claim in about five minutes on two CPU cores.
+"""``make demo`` (``python -m peerlab.demo``): the claim in under two minutes on two CPU cores.
 
 Dense and PEER (``peer_matched``) at the same FLOP budget, in the model size where the matched study
 (experiments/README.md) found both compute-optimal, trained side by side: one Hydra multirun of two points on the
 joblib launcher, one process and one thread each. Prints both final validation losses and their difference, draws
-validation loss against training FLOPs, and prints the figure's path. Rerunning reuses the finished runs.
+validation loss against training FLOPs, and prints the figure's path. Rerunning reuses the finished runs of the same
+budget and model; another budget or model trains its own.
 """
 
 from __future__ import annotations

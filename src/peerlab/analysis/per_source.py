@@ -53,7 +53,7 @@ def table(losses: dict[Point, list[dict[str, float]]], base: str = "ffw") -> str
     for (budget, method, size) in stats:
         if method == base and (budget not in best_base or overall[(budget, method, size)] < overall[best_base[budget]]):
             best_base[budget] = (budget, method, size)
-    lines = ["| budget | method | size | seeds | " + " | ".join(f"{s}: loss (seed std) | {s}: - {base}" for s in sources) + " |",
+    lines = ["| budget | method | size (dense-backbone params) | seeds | " + " | ".join(f"{s}: loss (seed std) | {s}: - {base}" for s in sources) + " |",
              "|---|---|---|---|" + "---|---|" * len(sources)]
     for p in stats:
         budget, method, size = p

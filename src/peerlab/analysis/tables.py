@@ -18,7 +18,7 @@ def _pm(value: float | None, fmt: str) -> str:
 
 def table1(opts: list[Optimum]) -> str:
     lines = [
-        "| budget | method | optimal loss | ppl | seed std at the nearest size (seeds) | optimal size | epochs there | sizes (runs) | bracketed |",
+        "| budget | method | optimal loss | ppl | seed std at the nearest size (seeds) | optimal size (dense-backbone params) | epochs there | sizes (runs) | bracketed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for o in opts:
@@ -92,7 +92,7 @@ def equal_tokens_table(runs: list[Run], base: str = "ffw", tolerance: float = 0.
     """Methods compared at (nearly) equal training tokens and the same model size and seed: each run of another
     method against the dense run of that size whose token count is closest, when within ``tolerance``."""
     dense = [r for r in runs if r.method == base]
-    lines = [f"| size | seed | method | budget | tokens | loss | {base} budget | {base} tokens | {base} loss | difference |",
+    lines = [f"| size (dense-backbone params) | seed | method | budget | tokens | loss | {base} budget | {base} tokens | {base} loss | difference |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r.params, r.method, r.budget, r.seed)):
         if r.method == base:
@@ -148,7 +148,7 @@ def _difference(mean: dict, sd: dict, row: tuple, base: tuple) -> str:
 def runs_table(runs: list[Run]) -> str:
     """Every run: what it cost per token, what it saw and where it ended. Rows with the same tokens but different
     methods compare the layers at equal data rather than equal FLOPs."""
-    lines = ["| budget | method | size | seed | train FLOPs/token | steps | tokens | epochs | final loss | expert usage |",
+    lines = ["| budget | method | size (dense-backbone params) | seed | train FLOPs/token | steps | tokens | epochs | final loss | expert usage |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r.budget, r.params, r.method, r.seed)):
         res = r.results
