@@ -13,7 +13,7 @@ from peerlab.console import quiet_third_party
 from peerlab.progress import describe
 
 NOISE = ("litlogger", "💡", "anonymous setting", "LeafSpec", "GPU available", "TPU available", "Epoch 0", "v_num",
-         "`Trainer.fit` stopped", "Validation DataLoader", "`srun` command is available")
+         "`Trainer.fit` stopped", "Validation DataLoader", "`srun` command is available", "was configured so")
 
 
 def _lines(text: str) -> list[str]:

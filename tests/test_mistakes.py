@@ -112,3 +112,14 @@ def test_the_table_holds_forty_mistakes():
     from test_config import CLI_BAD
 
     assert len(TRAIN) + len(EVAL) + len(ARGPARSE) + len(CLI_BAD) + count(generate) + count(plan) >= 40
+
+
+def test_a_sweep_points_checkpoint_path_is_taken_as_it_is(tmp_path):
+    from peerlab.entry import quote_paths
+
+    ckpt = tmp_path / "budget=6e9,layer=ffw" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert quote_paths([f"ckpt={ckpt}", "eval_sets=[embedded,c4]", "-m"]) == [f"ckpt='{ckpt}'", "eval_sets=[embedded,c4]", "-m"]
+    missing = f"ckpt={tmp_path}/a=b/last.ckpt"
+    assert quote_paths([missing]) == [missing]  # not there: Hydra's own grammar error stands

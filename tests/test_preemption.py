@@ -178,7 +178,9 @@ def test_status_command_without_a_sweep_is_one_line(tmp_path, capsys):
     from peerlab.sweeps.__main__ import main
 
     assert main(["status", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no sweep launched with hydra/launcher=slurm here")
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path}: not a sweep folder (no multirun.yaml, no .peerlab_sweep.json): give the folder "
+                   "a multirun printed at its start, e.g. runs/sweeps/<name>\n")
 
 
 def test_ranks_resolve_as_lightning_does_under_srun(monkeypatch):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY
+from peerlab import wandb_offline
 from peerlab.train import run
 
 # ~300 optimizer steps of the TINY model, checkpointed every 20: a kill lands mid-run.
@@ -121,10 +122,15 @@ def test_killed_run_resumes_to_the_same_weights_and_curve(uninterrupted, tmp_pat
     assert [f for _, _, f in rows_a] == [f for _, _, f in rows_b]
     assert [x for _, x, _ in rows_b] == [x for _, x, _ in rows_a]
     assert resumed["final_val_loss"] == whole["final_val_loss"]
-    # The same W&B run is resumed, not a new one.
-    assert len(list((tmp_path / "r" / "wandb").glob("offline-run-*"))) >= 1
+    # The same W&B run is resumed, not a new one: both starts' folders, synced together, hold each step once.
+    folders = resumed["wandb_dirs"]
+    assert len(folders) == 2 and resumed["wandb_sync"] == "wandb sync " + " ".join(folders)
     ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "r" / "wandb").glob("offline-run-*")}
     assert ids == {(tmp_path / "r" / "wandb_id.txt").read_text().strip()}
+    synced = [int(row["trainer/global_step"]) for f in folders for row in wandb_offline.history(f) if "train/loss" in row]
+    assert len(synced) == len(set(synced)), "a step logged twice to W&B"
+    if sig != signal.SIGKILL:  # a killed process may lose its last unflushed rows, never repeat one
+        assert synced == steps_b
 
 
 def test_nan_stops_the_run_keeps_last_good_checkpoint(compose, tmp_path, monkeypatch):

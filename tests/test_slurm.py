@@ -150,13 +150,22 @@ def logged_steps(run_dir: Path) -> int:
         return 0
 
 
-def release_requeued(job: str, env: dict) -> bool:
-    """A requeued job waits about two minutes (Reason=BeginTime) on any SLURM; start it now instead."""
+_REQUEUE_SEEN: dict[str, float] = {}
+
+
+def release_requeued(job: str, env: dict, settle_s: float = 3.0) -> bool:
+    """A requeued job waits about two minutes (Reason=BeginTime) on any SLURM; start it sooner. Not at once: released
+    100 ms after its requeue, a job was once killed by slurmctld ("Job credential revoked") while the previous
+    instance's step was still being torn down. So only once no step of the job is left and ``settle_s`` have passed."""
     out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], env=env, capture_output=True, text=True).stdout
-    if "BeginTime" in out:
-        subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, check=True)
-        return True
-    return False
+    if "BeginTime" not in out:
+        return False
+    first = _REQUEUE_SEEN.setdefault(job, time.monotonic())
+    steps = subprocess.run(["squeue", "-h", "-s", "-j", job], env=env, capture_output=True, text=True).stdout.strip()
+    if steps or time.monotonic() - first < settle_s:
+        return False
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, check=True)
+    return True
 
 
 def saved_message(log: str, signal_name: str) -> re.Match:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import TINY, run_train
+from conftest import TINY
 from peerlab.config import ConfigError
 from peerlab.train import run
 from peerlab.wandb_offline import find_run_file, history
@@ -137,18 +137,6 @@ def test_resume_false_moves_a_finished_run_aside_and_starts_afresh(compose, tmp_
     assert kept == json.loads(json.dumps(first, default=str))  # the finished run, whole, beside the new one
     assert pathlib.Path(kept["checkpoints"]["last"].replace(str(tmp_path / "r"), str(moved[0]))).is_file()
     assert (tmp_path / "r" / "wandb_id.txt").read_text() != wandb_id  # a fresh W&B run, not rows merged into the old
-
-
-def test_multirun_2x2_writes_four_results(tmp_path, cache_dir):
-    proc = run_train("-m", *TINY, "budget=6e9,8e9", "seed=0,1", f"out_dir={tmp_path}",
-                     "hydra.sweep.dir=" + str(tmp_path / "sweep"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted((tmp_path / "sweep").glob("*/results.json"))
-    assert len(results) == 4, list((tmp_path / "sweep").iterdir())
-    parsed = [json.loads(p.read_text()) for p in results]
-    assert {(p["budget"], p["config"]["seed"]) for p in parsed} == {(6e9, 0), (6e9, 1), (8e9, 0), (8e9, 1)}
-    assert all(p["status"] == "completed" for p in parsed)
-    assert "done:" in proc.stdout
 
 
 @pytest.mark.parametrize("layer,size", [("peer", "layer.n_experts=1024"), ("pkm", "layer.n_memories=1024")])

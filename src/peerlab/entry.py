@@ -111,9 +111,30 @@ def _unknown_key_line(overrides: list[str], command: str, folder: Path, name: st
     return check_known_keys(plain, base, command)
 
 
+def quote_paths(argv: Sequence[str]) -> list[str]:
+    """``key=<path>`` quoted for Hydra when the path exists but Hydra's grammar cannot read it bare: a sweep
+    point's folder is named by its overrides (``.../budget=6e9,layer=ffw/checkpoints/last.ckpt``), and Hydra reads
+    its ``=`` and ``,`` as syntax. What the user meant is unambiguous: the file is there."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, out = OverridesParser.create(), []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("-") and "'" not in value and value and Path(value).expanduser().exists():
+            try:
+                parser.parse_overrides([arg])
+            except HydraException:
+                arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
 def run_checked(main: Callable[[], object], argv: Sequence[str], command: str, config_dir: Path, config_name: str,
                 check: Callable | None = None, sweeps: bool = True) -> None:
-    """Check ``argv`` (:func:`preflight`), then hand over to Hydra's ``main``."""
+    """Check ``argv`` (:func:`preflight`), then hand over to Hydra's ``main`` (which reads ``sys.argv``)."""
+    argv = quote_paths(argv)
+    sys.argv[1:] = argv
     problem = preflight(argv, command, config_dir, config_name, check, sweeps)
     if problem:
         print(f"error: {problem}", file=sys.stderr, flush=True)

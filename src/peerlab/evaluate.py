@@ -209,15 +209,27 @@ def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
 
 
 def _log_wandb(ckpt: str, label: str, row: dict[str, float]) -> None:
-    """Add the perplexities to the checkpoint's own W&B run (offline unless an API key is configured)."""
+    """Add the perplexities to the checkpoint's own W&B run, in its project (offline unless an API key is
+    configured): the summary gets ``eval/<set>/ppl``, the history one row past the run's last step."""
     import wandb
 
-    from peerlab.loggers import wandb_mode
+    from peerlab.loggers import _wandb_settings, last_logged_step, run_folders, sync_command, wandb_mode
 
     run_dir = Path(ckpt).expanduser().resolve().parents[1]
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    run = wandb.init(project="peerlab", id=run_id, resume="allow", dir=str(run_dir), mode=wandb_mode("auto"))
+    try:
+        wandb_cfg = json.loads((run_dir / "results.json").read_text())["config"]["logger"]["wandb"]
+    except (OSError, ValueError, KeyError, TypeError):
+        wandb_cfg = {}
+    mode = wandb_mode("auto")
+    earlier = run_folders(run_dir, run_id) if run_id else []
+    run = wandb.init(project=wandb_cfg.get("project") or "peerlab", entity=wandb_cfg.get("entity"), id=run_id,
+                     resume="allow", dir=str(run_dir), mode=mode, settings=_wandb_settings(mode))
     run.summary.update({f"eval/{k}/ppl": v for k, v in row.items()})
-    run.log({"eval/table": wandb.Table(columns=["method", *row], data=[[label, *row.values()]])})
+    table = wandb.Table(columns=["method", *row], data=[[label, *row.values()]])
+    run.log({"eval/table": table}, step=last_logged_step(earlier) + 1)
+    offline = run.offline
     run.finish()
+    if offline:
+        print(f"W&B: offline; upload with: {sync_command(run_folders(run_dir, run.id))}", flush=True)

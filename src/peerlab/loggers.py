@@ -5,26 +5,89 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
 
+def wandb_host() -> str:
+    """The W&B server runs go to: ``WANDB_BASE_URL``, else wandb's own default (not api.wandb.ai since 0.31)."""
+    import wandb
+
+    return os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+
+
 def wandb_has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+    """Whether wandb will find credentials for its server: asked of wandb itself (its environment variables, its
+    netrc reader for the host it logs to), not by grepping ``.netrc`` for a host name, which changed in wandb 0.31."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+
+        return read_netrc_auth(host=wandb_host()) is not None
+    except Exception:  # noqa: BLE001 - a malformed entry or an unknown wandb layout: no usable key
         return False
+
+
+def run_folders(run_dir: Path, run_id: str) -> list[Path]:
+    """Every local W&B folder of the run ``run_id`` under ``run_dir/wandb`` (one per start: a resumed run, eval.py),
+    oldest first: ``wandb sync`` needs them all. Two starts within one second get one name, and W&B adds ``-1``,
+    ``-2``... to the later folder's."""
+    pattern = re.compile(rf"^(?:offline-)?run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?$")
+    found = []
+    for path in (Path(run_dir) / "wandb").glob("*run-*"):
+        match = pattern.match(path.name)
+        if match and path.is_dir():
+            found.append(((match[1], int(match[2] or 0)), path))
+    return [path for _, path in sorted(found)]
+
+
+def last_logged_step(folders: list[Path]) -> int:
+    """The highest trainer step any of ``folders`` logged (-1 for none): a resumed run does not log those again."""
+    from peerlab.wandb_offline import history
+
+    last = -1
+    for folder in folders:
+        try:
+            rows = history(folder)
+        except (OSError, ValueError):
+            continue
+        steps = [int(r["trainer/global_step"]) for r in rows if isinstance(r.get("trainer/global_step"), int | float)]
+        last = max([last, *steps])
+    return last
+
+
+class ResumedWandbLogger(WandbLogger):
+    """Lightning's W&B logger, for runs that resume. W&B's row index (``_step``) is the trainer's step, not a count
+    of this process's rows: a resumed process, which W&B offline cannot tell where the run stood, continues the
+    run's ``_step`` instead of restarting it at 0, so the folders of every start sync into one ordered history. And
+    the steps an earlier start already logged are skipped: the resumed run trains again from its checkpoint's step
+    (bit-identically), and W&B would hold those rows twice."""
+
+    def __init__(self, *args, skip_through: int = -1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip_through = skip_through
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if step is None:
+            super().log_metrics(metrics, step)
+            return
+        if step <= self.skip_through:
+            return
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
 
 
 def wandb_mode(requested: str) -> str:
@@ -77,9 +140,11 @@ class ResumableCSVLogger(CSVLogger):
 
 
 def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_step: int = 0,
-                  rank: int = 0) -> list[Logger]:
+                  rank: int = 0, group: str | None = None, tags: tuple[str, ...] = (),
+                  extra_config: dict | None = None) -> list[Logger]:
     """CSV on every rank (Lightning writes it from rank 0 only) and W&B on rank 0 only: another rank would race
-    rank 0 for ``wandb_id.txt`` and could leave the id of a run that never existed for the next resume."""
+    rank 0 for ``wandb_id.txt`` and could leave the id of a run that never existed for the next resume. ``group``
+    (a sweep's), ``tags`` and ``extra_config`` (sizes, for W&B's run table and scatters) go to W&B."""
     loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), resume_step=resume_step)]
     w = cfg.logger.wandb
     mode = wandb_mode(w.mode) if w.enabled else "disabled"
@@ -92,10 +157,12 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
     else:
         run_id = uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-    wandb_logger = WandbLogger(
-        project=w.project, entity=w.entity, group=w.group, tags=list(w.tags), name=run_name, id=run_id,
-        save_dir=str(run_dir), offline=(mode == "offline"), resume="allow", config=config,
-        settings=_wandb_settings(mode),
+    earlier = run_folders(run_dir, run_id)
+    wandb_logger = ResumedWandbLogger(
+        project=w.project, entity=w.entity, group=w.group or group, job_type="train",
+        tags=list(dict.fromkeys([*tags, *w.tags])), name=run_name, id=run_id, save_dir=str(run_dir),
+        offline=(mode == "offline"), resume="allow", config={**config, **(extra_config or {})},
+        settings=_wandb_settings(mode), skip_through=last_logged_step(earlier) if resume_step else -1,
     )
     # Lightning passes anonymous=None to wandb.init, which makes W&B warn that the setting has no effect.
     if wandb_logger._wandb_init.get("anonymous") is None:
@@ -106,12 +173,25 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
     # Loss against FLOPs is the chart that matters for isoFLOP work: make cumulative FLOPs every chart's x-axis.
     experiment.define_metric("flops")
     experiment.define_metric("*", step_metric="flops")
-    if mode == "offline":
-        log.info("W&B: offline (no API key); upload later with: wandb sync %s", Path(experiment.dir).parent)
+    if mode == "offline":  # the upload command comes with the run's summary, once the folder is complete
+        log.info("W&B: offline (no API key), in %s", Path(experiment.dir).parent)
     else:
         log.info("W&B: online, %s", getattr(experiment, "url", None) or w.project)
     loggers.append(wandb_logger)
     return loggers
+
+
+def sync_command(folders: list[Path]) -> str:
+    """``wandb sync`` of every folder of a run, oldest first (each start of a run writes its own folder)."""
+    unique = list(dict.fromkeys(str(f) for f in folders))
+    return "wandb sync " + " ".join(unique)
+
+
+def wandb_summary(loggers: list[Logger], values: dict) -> None:
+    """Put ``values`` in the W&B run's summary (the dashboards' run table and scatters read it)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.summary.update(values)
 
 
 def _start_wandb(wandb_logger: WandbLogger, patience_s: float = 30.0):

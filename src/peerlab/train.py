@@ -13,17 +13,18 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from peerlab import __version__, run_folder, saved_settings, sharded_checkpoint
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
-from peerlab.config import validate
+from peerlab.config import sci, validate
 from peerlab.console import one_log_per_rank, quiet_third_party
 from peerlab.distributed import global_rank, world_size
 from peerlab.flops import flops_breakdown, plan_budget, tokens_per_step
 from peerlab.lit_module import LanguageModel
-from peerlab.loggers import build_loggers, finish_loggers
+from peerlab.loggers import build_loggers, finish_loggers, run_folders, sync_command, wandb_summary
 from peerlab.plan import check_run
 from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
@@ -172,7 +173,12 @@ def run(cfg: DictConfig) -> dict:
     ckpt_path = str(resume_from) if cfg.resume and resume_from.exists() else None
     resume_step = checkpoint_step(resume_from) if ckpt_path else 0
     log_startup(cfg, run_dir, module, plan)
-    loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step, rank=rank)
+    sizes = {"params/total": module.model.num_params(), "params/active": module.model.active_params(),
+             "params/dense_backbone": dense_backbone_params(module.model, cfg.model),
+             "flops_per_token/train": module.flops.train}
+    loggers = build_loggers(cfg, run_dir, cfg.run_name, config, resume_step=resume_step, rank=rank,
+                            group=sweep_group(), tags=(cfg.layer.name, cfg.model.name, sci(float(cfg.budget))),
+                            extra_config=sizes)
     tr = cfg.trainer
     strategy = build_strategy(tr, n_procs)
     sharded = isinstance(strategy, ShardedStrategy)
@@ -190,7 +196,7 @@ def run(cfg: DictConfig) -> dict:
         precision=tr.precision, max_steps=plan.max_steps, max_epochs=-1,
         accumulate_grad_batches=tr.accumulate_grad_batches, gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=min(tr.val_every_steps, plan.max_steps) * tr.accumulate_grad_batches,
-        check_val_every_n_epoch=None, limit_val_batches=1.0, num_sanity_val_steps=0,
+        check_val_every_n_epoch=None, limit_val_batches=None, num_sanity_val_steps=0,
         log_every_n_steps=tr.log_every_steps, logger=loggers, callbacks=callbacks,
         enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
@@ -234,6 +240,7 @@ def run(cfg: DictConfig) -> dict:
             results["preempted"] = exc.as_record()
         if trainer.is_global_zero:
             write_results(run_dir, results)
+        wandb_summary(loggers, {"status": results["status"], "steps": results["steps"], "flops": results["flops"]})
         finish_loggers(loggers, "failed")
         raise
     fit_time = time.time() - t_fit
@@ -249,7 +256,9 @@ def run(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_metrics({f"final/{k}" if k.startswith("val/") else k: v for k, v in final.items()}, step=module.global_step)
         logger.save()
-    wandb_dir = next((str(Path(lg.experiment.dir).parent) for lg in loggers if lg.__class__.__name__ == "WandbLogger"), None)
+    wandb_run = next((lg.experiment for lg in loggers if isinstance(lg, WandbLogger) and lg._experiment), None)
+    wandb_dir = str(Path(wandb_run.dir).parent) if wandb_run is not None else None
+    wandb_dirs = [str(f) for f in run_folders(run_dir, wandb_run.id)] if wandb_run is not None else []
     results.update(
         status="completed", steps=module.global_step, tokens=module.tokens_done(), flops=module.flops_done(),
         epochs=module.tokens_done() / dm.split_tokens("train"), final_val_loss=val_loss,
@@ -257,9 +266,12 @@ def run(cfg: DictConfig) -> dict:
         train_tokens_per_s=(module.tokens_done() - module.tokens_done(resume_step)) / fit_time if fit_time > 0 else None,
         resumed_from_step=resume_step if ckpt_path else None, expert_grads=module.expert_grads,
         checkpoints={"last": str(resume_from), "best": (best_ckpt.best_model_path or None) if best_ckpt else None},
-        csv=str(run_dir / "csv" / "metrics.csv"), wandb_dir=wandb_dir,
+        csv=str(run_dir / "csv" / "metrics.csv"), wandb_dir=wandb_dir, wandb_dirs=wandb_dirs,
+        wandb_sync=sync_command([Path(d) for d in wandb_dirs]) if wandb_dirs and wandb_run.offline
+        else None,
     )
     write_results(run_dir, results)
+    wandb_summary(loggers, {k: results[k] for k in SUMMARY_KEYS if k in results})
     finish_loggers(loggers, "success")
     print(summary(results), flush=True)
     return results
@@ -277,4 +289,23 @@ def summary(results: dict) -> str:
     ]
     if results.get("wandb_dir"):
         lines.append(f"  W&B run:     {results['wandb_dir']}")
+    if results.get("wandb_sync"):
+        lines.append(f"  upload:      {results['wandb_sync']}")
     return "\n".join(lines)
+
+
+# What W&B's summary holds at the end of a run, beside the final metrics: the run table's and the isoFLOP scatter's
+# columns (the dense backbone's parameters are the paper's x-axis).
+SUMMARY_KEYS = ("status", "budget", "params_total", "params_active", "params_dense_backbone", "tokens", "steps",
+                "flops", "flops_per_token_train", "epochs", "final_val_loss", "final_val_ppl", "world_size",
+                "train_tokens_per_s")
+
+
+def sweep_group() -> str | None:
+    """A multirun's W&B group: its sweep folder's name. A single run has none (unless logger.wandb.group is set)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(HydraConfig.get().sweep.dir)).name

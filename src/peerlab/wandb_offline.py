@@ -30,6 +30,8 @@ def _records(data: bytes) -> Iterator[bytes]:
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK_HEADER])
         pos += CHUNK_HEADER
+        if pos + length > len(data):  # the tail a killed writer left half written: every whole record is read
+            return
         chunk = data[pos : pos + length]
         pos += length
         if kind == FULL:

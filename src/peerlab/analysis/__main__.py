@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", help="config key that splits an ablation into series (e.g. layer.query_norm)")
     ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                     help="keep only runs whose config KEY (dotted; or budget) equals VALUE (numbers compare as numbers); repeatable")
+    ap.add_argument("--wandb", action="store_true",
+                    help="also log the tables, figures and optima to one W&B run (job_type analysis, in the sweep's "
+                         "group), offline without an API key; a rerun into the same --out updates that run")
     ap.add_argument("--baseline", help="with --ablation: a value of its key; each row adds its loss minus that row's "
                                        "(same series), in seed standard deviations (e.g. 1.0 for data.train_fraction)")
     args = ap.parse_args(argv)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, opts = [], []
     if args.ablation:
         (args.out / "ablation.md").write_text(tables.ablation_table(runs, args.ablation, args.series, args.baseline) + "\n")
         figures.ablation(runs, args.ablation, args.series, args.out / "ablation.png")
@@ -125,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     written.append("runs.md")
     print(f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in skipped.items()) or 'none'} skipped); wrote "
           + ", ".join(str(args.out / w) for w in written))
+    if args.wandb:
+        from peerlab.analysis.wandb_run import log_analysis
+        from peerlab.config import ConfigError
+
+        try:
+            where_to = log_analysis(args.out, runs, opts, written)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"W&B: analysis run {where_to['id']} (group {where_to['group']}): "
+              + (where_to["url"] or f"offline in {where_to['folder']}; upload with: {where_to['sync']}"))
     return 0
 
 
