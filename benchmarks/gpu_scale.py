@@ -345,8 +345,7 @@ def planner_check(args: argparse.Namespace, report: dict) -> None:
         torch.cuda.synchronize()
         measured = torch.cuda.max_memory_allocated()
     else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from memory_probe import allocation_peak, held_bytes
+        from peerlab.memory_probe import allocation_peak, held_bytes
 
         measured = held_bytes(model, opt) + allocation_peak(step)
     point = f"{cfg.model.name}/{cfg.layer.name}"

@@ -7,29 +7,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory_probe import held_bytes, saved_bytes, step_peak
-from peerlab.builders import build_model
 from peerlab.memory import Execution, estimate
-from peerlab.sizes import load_layer
+from peerlab.memory_probe import (
+    PROBE_LAYERS,
+    PROBE_SETTINGS,
+    PROBE_VOCAB,
+    held_bytes,
+    probe_model,
+    saved_bytes,
+    step_peak,
+)
 
-# Every mixer, at a size where its own activations are a fair share of the step's.
-LAYERS = {
-    "ffw": {}, "moe": {"n_experts": 8}, "moe_tc": {"n_experts": 8}, "moe_fine": {}, "pkm": {"n_memories": 32**2, "d_key": 16},
-    "peer": {"n_experts": 32**2, "d_key": 16}, "memory_plus": {}, "peer_linear": {},
-}
-WIDTH, DEPTH, VOCAB = 96, 3, 512
-
-
-def model_for(layer: str, overrides: dict | None = None, seq_len: int = 64):
-    layer_cfg = load_layer(layer)
-    layer_cfg.update({**LAYERS[layer], **(overrides or {})})
-    cfg = {"name": "probe", "depth": DEPTH, "aspect_ratio": 32, "head_dim": 16, "d_model": WIDTH, "ffw_mult": 4.0,
-           "activation": "gelu", "sparse_blocks": "middle"}
-    torch.manual_seed(0)
-    model = build_model(cfg, layer_cfg, VOCAB, seq_len).train()
-    for mixer in model.mixers:
-        mixer.prepare_for_backend()
-    return model
+LAYERS = PROBE_LAYERS
+VOCAB = PROBE_VOCAB
+model_for = probe_model
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
@@ -62,13 +53,7 @@ def test_saved_activations_match_the_saved_tensor_hooks(layer, precision):
     assert est.activations == pytest.approx(measured, rel=0.10)
 
 
-# (precision, micro-batches accumulated, chunked loss tokens, activation checkpointing)
-SETTINGS = [("32-true", 1, 0, False), ("bf16-mixed", 1, 0, False), ("32-true", 2, 0, False),
-            ("32-true", 1, 256, False), ("bf16-mixed", 1, 256, True), ("32-true", 2, 0, True)]
-
-
-@pytest.mark.parametrize("setting", SETTINGS, ids=["fp32", "bf16", "accumulate", "chunked-loss", "bf16-ckpt-chunked",
-                                                  "accumulate-ckpt"])
+@pytest.mark.parametrize("setting", list(PROBE_SETTINGS.values()), ids=list(PROBE_SETTINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_peak_of_a_training_step_matches_the_profiler(layer, setting):
     precision, accumulate, chunk, checkpointing = setting

@@ -15,6 +15,34 @@ from torch.profiler import ProfilerActivity, profile
 
 from peerlab.optim import LazyAdamW, clip_grad_norm
 
+# Every mixer, at a size where its own activations are a fair share of a step's: what tests/test_memory.py and
+# experiments/memory_accuracy.py hold the memory model against.
+PROBE_LAYERS = {
+    "ffw": {}, "moe": {"n_experts": 8}, "moe_tc": {"n_experts": 8}, "moe_fine": {}, "pkm": {"n_memories": 32**2, "d_key": 16},
+    "peer": {"n_experts": 32**2, "d_key": 16}, "memory_plus": {}, "peer_linear": {},
+}
+PROBE_WIDTH, PROBE_DEPTH, PROBE_VOCAB = 96, 3, 512
+# (precision, micro-batches accumulated, chunked loss tokens, activation checkpointing) of the measured steps
+PROBE_SETTINGS = {"fp32": ("32-true", 1, 0, False), "bf16": ("bf16-mixed", 1, 0, False),
+                  "accumulate": ("32-true", 2, 0, False), "chunked-loss": ("32-true", 1, 256, False),
+                  "bf16-ckpt-chunked": ("bf16-mixed", 1, 256, True), "accumulate-ckpt": ("32-true", 2, 0, True)}
+
+
+def probe_model(layer: str, overrides: dict | None = None, seq_len: int = 64):
+    """A 3-block, width-96 model with ``layer`` in its middle block, in training mode, seeded."""
+    from peerlab.builders import build_model
+    from peerlab.sizes import load_layer
+
+    layer_cfg = load_layer(layer)
+    layer_cfg.update({**PROBE_LAYERS[layer], **(overrides or {})})
+    cfg = {"name": "probe", "depth": PROBE_DEPTH, "aspect_ratio": 32, "head_dim": 16, "d_model": PROBE_WIDTH,
+           "ffw_mult": 4.0, "activation": "gelu", "sparse_blocks": "middle"}
+    torch.manual_seed(0)
+    model = build_model(cfg, layer_cfg, PROBE_VOCAB, seq_len).train()
+    for mixer in model.mixers:
+        mixer.prepare_for_backend()
+    return model
+
 
 def saved_bytes(fn, exclude) -> int:
     """Bytes of the distinct storages ``fn()`` saves for backward, not counting those of ``exclude``."""
