@@ -178,4 +178,6 @@ def test_offline_without_api_key_finishes_without_network_wait(tmp_path, cache_d
     assert time.time() - t0 < 120
     results = json.loads((tmp_path / "off" / "results.json").read_text())
     assert results["wandb_dir"] and "offline-run" in results["wandb_dir"]
-    assert "wandb sync" in (tmp_path / "off" / "train.log").read_text()
+    assert f"W&B: offline (no API key), in {results['wandb_dir']}" in (tmp_path / "off" / "train.log").read_text()
+    assert results["wandb_sync"] == f"wandb sync {results['wandb_dir']}"
+    assert f"upload:      wandb sync {results['wandb_dir']}" in proc.stdout
