@@ -106,13 +106,18 @@ def test_fsdp_run_validates_each_block_once_as_one_process_does(trained):
     fsdp, ddp, single = (results(trained / n) for n in ("fsdp", "ddp", "single"))
     assert fsdp["strategy"] == "fsdp" and fsdp["world_size"] == 2 and fsdp["expert_grads"] == {"block0": "dense gradients"}
     assert fsdp["steps"] == single["steps"] and fsdp["flops"] == single["flops"]
-    # the final evaluation: every rank scored its share of the split, and the sum is one process's
-    assert fsdp["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-6)
-    assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-6)
+    # the final evaluation: every rank scored its share of the split, and the sum is one process's. After 59 steps
+    # the weights differ from one process's by the rounding of the gradients' reduction order (measured: 1.9e-6 in
+    # a periodic validation, 4 float32 ulps at 5.46), hence the issue's 1e-5 against one process.
+    assert fsdp["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-5)
+    assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-5)
     assert fsdp["usage"] == pytest.approx(single["usage"], abs=1e-5)  # usage summed over ranks, padding uncounted
     # the periodic validations: the same first val_batches batches, shared out
+    one = rows(trained / "single", "val/loss")
     for run in (fsdp, ddp):
-        assert rows(Path(run["run_dir"]), "val/loss") == pytest.approx(rows(trained / "single", "val/loss"), abs=1e-6)
+        got = rows(Path(run["run_dir"]), "val/loss")
+        assert [s for s, _ in got] == [s for s, _ in one] and len(one) >= 3
+        assert [v for _, v in got] == pytest.approx([v for _, v in one], abs=1e-5)
 
 
 def test_fsdp_run_ends_with_one_consolidated_checkpoint_that_loads_as_any_other(trained):

@@ -72,7 +72,7 @@ def kill_after_first_checkpoint(out: Path, sig: int, extra: tuple[str, ...] = ()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [PEER_ARGS, ["trainer.accumulate_grad_batches=2"]],
+@pytest.mark.parametrize("extra", [PEER_ARGS, ["trainer.accumulate_grad_batches=2", "data.batch_size=4"]],
                          ids=["peer-sparse-gradients", "accumulation"])
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, extra):
     whole_dir, resumed_dir = tmp_path / "whole", tmp_path / "killed"

@@ -363,3 +363,33 @@ def test_a_local_sweep_reports_where_it_stands_and_multirun_names_its_folder(swe
         assert line.startswith("5/6 done, 1 interrupted\n  interrupted: ") and "log: " in line
     finally:
         victim.write_text(json.dumps(record))
+
+
+def test_the_watcher_ends_the_launchers_wait_even_where_sigint_is_ignored(tmp_path):
+    # A sweep started with `cmd &` from a script inherits SIGINT ignored; the watcher's interrupt_main, which stops
+    # submitit's wait for a job that left no result, then did nothing and the sweep waited forever.
+    import _thread
+    import signal
+    import time
+
+    from peerlab.sweeps.launcher import Watcher
+
+    def wait_a_little():
+        for _ in range(50):
+            time.sleep(0.01)
+
+    watcher = Watcher(tmp_path, ["a"], str(tmp_path / ".submitit" / "%j"))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _thread.interrupt_main()
+        wait_a_little()  # no handler: nothing happens (the hang)
+        with watcher.interruptible():
+            _thread.interrupt_main()
+            wait_a_little()  # a SIGINT the process was told to ignore is still ignored
+            watcher.gave_up = True
+            with pytest.raises(KeyboardInterrupt):
+                _thread.interrupt_main()
+                wait_a_little()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -32,7 +32,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
         status.write_manifest(sweep_dir, subdirs, {}, folder)
         watcher.start()
         try:
-            return super().launch(job_overrides, initial_job_idx)
+            with watcher.interruptible():
+                return super().launch(job_overrides, initial_job_idx)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and not watcher.gave_up:
                 raise  # the user's own Ctrl-C: the jobs keep running on SLURM

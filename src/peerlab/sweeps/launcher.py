@@ -16,10 +16,12 @@ from __future__ import annotations
 import _thread
 import logging
 import re
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,27 @@ class Watcher(threading.Thread):
         if self._dead_polls >= 2:
             self.gave_up = True
             _thread.interrupt_main()  # raises KeyboardInterrupt in the launcher's wait; see SlurmLauncher.launch
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Let :meth:`_notice_dead` stop the launcher's wait. ``_thread.interrupt_main`` raises KeyboardInterrupt only
+        where SIGINT has a Python handler; a sweep started in the background of a script (``cmd &``) inherits SIGINT
+        ignored, and the wait would never end. While the launcher waits, SIGINT gets a handler that raises once this
+        watcher gave up, and keeps ignoring a real SIGINT that the process was told to ignore."""
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler or callable(previous):
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.gave_up or previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def final_summary(self) -> str:
         try:
