@@ -11,15 +11,14 @@ from peerlab.memory import Execution, estimate
 from peerlab.memory_probe import (
     PROBE_LAYERS,
     PROBE_SETTINGS,
-    PROBE_VOCAB,
     held_bytes,
     probe_model,
-    saved_bytes,
+    saved_activations,
     step_peak,
+    step_peaks,
 )
 
 LAYERS = PROBE_LAYERS
-VOCAB = PROBE_VOCAB
 model_for = probe_model
 
 
@@ -38,33 +37,14 @@ def test_parameter_and_optimizer_bytes_are_exact(layer):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_saved_activations_match_the_saved_tensor_hooks(layer, precision):
-    batch, seq = 8, 64
-    model = model_for(layer, seq_len=seq)
-    x = torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(1))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-
-    def forward():
-        with autocast:
-            model.loss(x, x)
-
-    measured = saved_bytes(forward, list(model.parameters()))
-    est = estimate(model, Execution(device_type="cpu", precision=precision, strategy="single", micro_batch=batch,
-                                    seq_len=seq, loss_chunk_tokens=0))
-    assert est.activations == pytest.approx(measured, rel=0.10)
+    planned, measured = saved_activations(layer, precision)
+    assert planned == pytest.approx(measured, rel=0.10)
 
 
 @pytest.mark.parametrize("setting", list(PROBE_SETTINGS.values()), ids=list(PROBE_SETTINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_peak_of_a_training_step_matches_the_profiler(layer, setting):
-    precision, accumulate, chunk, checkpointing = setting
-    batch, seq = 8, 64
-    model = model_for(layer, seq_len=seq)
-    model.loss_chunk_tokens = chunk
-    model.set_activation_checkpointing(checkpointing)
-    measured, _, _ = step_peak(model, batch, seq, precision, accumulate)
-    est = estimate(model, Execution(device_type="cpu", precision=precision, strategy="single", micro_batch=batch,
-                                    seq_len=seq, accumulate=accumulate, loss_chunk_tokens=chunk,
-                                    activation_checkpointing=checkpointing))
+    est, measured = step_peaks(layer, setting)
     assert est.peak == pytest.approx(measured, rel=0.25), est
 
 

@@ -116,3 +116,38 @@ def step_peak(model, batch: int, seq_len: int, precision: str = "32-true", accum
     step()
     before = held_bytes(model, opt)
     return before + allocation_peak(step), before, opt
+
+
+def saved_activations(layer: str, precision: str, batch: int = 8, seq_len: int = 64) -> tuple[int, int]:
+    """``(planned, measured)`` bytes saved for backward by a forward pass of the probe model with ``layer``:
+    ``peerlab.memory``'s estimate against the saved-tensor hooks."""
+    from peerlab.memory import Execution, estimate
+
+    model = probe_model(layer, seq_len=seq_len)
+    x = torch.randint(0, PROBE_VOCAB, (batch, seq_len), generator=torch.Generator().manual_seed(1))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+    def forward():
+        with autocast:
+            model.loss(x, x)
+
+    measured = saved_bytes(forward, list(model.parameters()))
+    est = estimate(model, Execution(device_type="cpu", precision=precision, strategy="single", micro_batch=batch,
+                                    seq_len=seq_len, loss_chunk_tokens=0))
+    return est.activations, measured
+
+
+def step_peaks(layer: str, setting: tuple, batch: int = 8, seq_len: int = 64):
+    """``(estimate, measured peak)`` of one training step of the probe model with ``layer`` in a
+    :data:`PROBE_SETTINGS` setting: ``peerlab.memory``'s estimate against the profiler's allocation trace."""
+    from peerlab.memory import Execution, estimate
+
+    precision, accumulate, chunk, checkpointing = setting
+    model = probe_model(layer, seq_len=seq_len)
+    model.loss_chunk_tokens = chunk
+    model.set_activation_checkpointing(checkpointing)
+    measured, _, _ = step_peak(model, batch, seq_len, precision, accumulate)
+    est = estimate(model, Execution(device_type="cpu", precision=precision, strategy="single", micro_batch=batch,
+                                    seq_len=seq_len, accumulate=accumulate, loss_chunk_tokens=chunk,
+                                    activation_checkpointing=checkpointing))
+    return est, measured
