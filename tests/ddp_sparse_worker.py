@@ -8,6 +8,7 @@ ignored by DDP and reduced by us, on this rank's half of every batch, from weigh
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import torch
@@ -73,6 +74,7 @@ def train(rank: int, steps: int = 6) -> dict:
         clip_grad_norm(m.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    del ddp  # its reducer must go before the process group does (else, at exit: "terminate called", SIGABRT)
     return {**{f"start.{k}": v for k, v in start.items()}, **{f"end.{k}": v for k, v in m.state_dict().items()},
             "ignored": torch.tensor(len(sparse)), "local_up_grads": torch.stack(local)}
 
@@ -83,5 +85,7 @@ if __name__ == "__main__":
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.save(reduce(rank) if mode == "reduce" else train(rank), out)
+        gc.collect()
+        dist.barrier()  # both ranks done with every collective before either tears the group down
     finally:
         dist.destroy_process_group()

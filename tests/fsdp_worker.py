@@ -5,6 +5,7 @@ each batch; rank 0 also trains one process on the whole batches. Writes per-step
 from __future__ import annotations
 
 import copy
+import gc
 import sys
 
 import torch
@@ -90,6 +91,7 @@ def main(rank: int, world: int, store: str, out: str) -> None:
             m.prepare_for_backend(group=("gloo", world))
         ddp = DistributedDataParallel(ddp_model)
         ddp_losses, _ = train(ddp_model, data, rank, world, wrapped=ddp)
+        del ddp  # its reducer must go before the process group does (else, at exit: "terminate called", SIGABRT)
         fsdp_model = copy.deepcopy(base)
         for m in fsdp_model.mixers:
             m.prepare_for_backend(sharded=True, group=("gloo", world))
@@ -113,6 +115,8 @@ def main(rank: int, world: int, store: str, out: str) -> None:
             entry["fsdp_ckpt_chunked"], _ = train(variant, data, rank, world)
         result[name] = entry
     torch.save(result, out)
+    gc.collect()
+    dist.barrier()  # both ranks done with every collective before either tears the group down
     dist.destroy_process_group()
 
 

@@ -34,6 +34,7 @@ def run_ranks(tmp_path: Path, mode: str, world: int = 2) -> list[dict]:
     return [torch.load(o, weights_only=True) for o in outs]
 
 
+@pytest.mark.slow  # two processes
 def test_mean_of_sparse_dense_and_missing_gradients_matches_the_dense_reference(tmp_path):
     ranks = run_ranks(tmp_path, "reduce")
     per_rank = [worker.hand_made_grads(r) for r in range(2)]
@@ -48,6 +49,7 @@ def test_mean_of_sparse_dense_and_missing_gradients_matches_the_dense_reference(
         assert torch.equal(ranks[0][f"grad{i}"], ranks[1][f"grad{i}"])  # bit-identical on every rank
 
 
+@pytest.mark.slow  # two processes
 def test_ddp_with_our_sparse_reduction_trains_what_one_process_trains_on_the_whole_batch(tmp_path):
     ranks = run_ranks(tmp_path, "train")
     assert int(ranks[0]["ignored"]) == 2  # PEER's down and up tables
