@@ -17,24 +17,14 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run_train
+from rank_processes import run_rank_processes
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 
 
 def run_ranks(tmp_path: Path, world: int = 2) -> dict:
-    store = tmp_path / "store"
-    outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
-    procs = [subprocess.Popen([sys.executable, str(HERE / "fsdp_worker.py"), str(r), str(world), str(store), str(outs[r])],
-                              stderr=subprocess.PIPE, text=True, cwd=HERE) for r in range(world)]
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=600)
-            assert p.returncode == 0, err[-3000:]
-    finally:  # a rank that failed leaves the other waiting in a collective: stop both, also when the test fails
-        for p in procs:
-            p.kill()
-            p.wait()
+    outs = run_rank_processes(HERE / "fsdp_worker.py", tmp_path, world=world, timeout=600, cwd=HERE)
     return torch.load(outs[0], weights_only=False)
 
 

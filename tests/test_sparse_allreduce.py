@@ -3,7 +3,6 @@ against float64 references computed in one process."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,20 +16,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import ddp_sparse_worker as worker  # noqa: E402
 
+from rank_processes import run_rank_processes  # noqa: E402
+
 
 def run_ranks(tmp_path: Path, mode: str, world: int = 2) -> list[dict]:
-    store = tmp_path / "store"
-    outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
-    procs = [subprocess.Popen([sys.executable, str(HERE / "ddp_sparse_worker.py"), str(r), str(world), str(store),
-                               str(outs[r]), mode], stderr=subprocess.PIPE, text=True) for r in range(world)]
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err[-3000:]
-    finally:  # a rank that failed leaves the other waiting in a collective: stop both, also when the test fails
-        for p in procs:
-            p.kill()
-            p.wait()
+    outs = run_rank_processes(HERE / "ddp_sparse_worker.py", tmp_path, mode, world=world, timeout=300)
     return [torch.load(o, weights_only=True) for o in outs]
 
 
