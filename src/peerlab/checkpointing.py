@@ -72,9 +72,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         super().save_checkpoint(checkpoint, tmp, storage_options)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's bytes to disk before it is renamed into place: a rename can outlive unflushed data."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 class LastCheckpoint(Callback):

@@ -18,6 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the Hydra config groups (configs/ at the repo root)
+
 # Keys added after runs were made, each with the value that reproduces what runs without it did. A saved config
 # (run_config.yaml, results.json) that lacks one holds that value: interrupted runs of older code resume, and
 # analyses read their value.
@@ -212,7 +214,6 @@ def validate_optim(o: DictConfig, prefix: str = "") -> None:
     _require(o.grad_clip >= 0, f"{prefix}optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
 
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Keys of every data option (configs/data/*.yaml) and of the tokenizer: the nodes the schema leaves open.
 DATA_KEYS = ("name", "kind", "sources", "files", "val_fraction", "train_fraction", "seq_len", "batch_size",
              "num_workers", "cache_dir", "path", "train_shards", "val_shards", "max_documents", "text_field",

@@ -213,7 +213,7 @@ def _log_wandb(ckpt: str, label: str, row: dict[str, float]) -> None:
     configured): the summary gets ``eval/<set>/ppl``, the history one row past the run's last step."""
     import wandb
 
-    from peerlab.loggers import _wandb_settings, last_logged_step, run_folders, sync_command, wandb_mode
+    from peerlab.loggers import last_logged_step, run_folders, sync_command, wandb_mode, wandb_settings
 
     run_dir = Path(ckpt).expanduser().resolve().parents[1]
     id_file = run_dir / "wandb_id.txt"
@@ -225,7 +225,7 @@ def _log_wandb(ckpt: str, label: str, row: dict[str, float]) -> None:
     mode = wandb_mode("auto")
     earlier = run_folders(run_dir, run_id) if run_id else []
     run = wandb.init(project=wandb_cfg.get("project") or "peerlab", entity=wandb_cfg.get("entity"), id=run_id,
-                     resume="allow", dir=str(run_dir), mode=mode, settings=_wandb_settings(mode))
+                     resume="allow", dir=str(run_dir), mode=mode, settings=wandb_settings(mode))
     run.summary.update({f"eval/{k}/ppl": v for k, v in row.items()})
     table = wandb.Table(columns=["method", *row], data=[[label, *row.values()]])
     run.log({"eval/table": table}, step=last_logged_step(earlier) + 1)

@@ -196,20 +196,20 @@ class LanguageModel(L.LightningModule):
             return 0.0, 0
         return self.model.loss(x, y).item() * count, count
 
-    def reduce_usage(self) -> None:
-        """Sum the mixers' usage accumulators over data-parallel ranks, which each scored their own batches."""
-        if self._trainer is None or self.trainer.world_size == 1 or not torch.distributed.is_initialized():
-            return
-        for mixer in self.model.mixers:
-            for t in mixer.usage_tensors():
-                local = t.to_local() if hasattr(t, "to_local") else t
-                torch.distributed.all_reduce(local)
+    def sum_over_ranks(self, loss_sum: float, count: int) -> torch.Tensor:
+        """``[summed loss, scored tokens]`` (float64) over the data-parallel ranks, which each scored their own share
+        of the batches (``data/sharding.py``); the mixers' usage accumulators are summed over them too."""
+        totals = torch.tensor([loss_sum, float(count)], dtype=torch.float64, device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(totals)
+            for mixer in self.model.mixers:
+                for t in mixer.usage_tensors():
+                    torch.distributed.all_reduce(t.to_local() if hasattr(t, "to_local") else t)
+        return totals
 
     def on_validation_epoch_end(self) -> None:
-        totals = torch.tensor([self._val_sum, float(self._val_count)], dtype=torch.float64, device=self.device)
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(totals)  # each rank scored its share of the batches
-        self.reduce_usage()
+        totals = self.sum_over_ranks(self._val_sum, self._val_count)
         if totals[1] == 0:
             return
         val_loss = (totals[0] / totals[1]).item()

@@ -162,7 +162,7 @@ def build_loggers(cfg: Any, run_dir: Path, run_name: str, config: dict, resume_s
         project=w.project, entity=w.entity, group=w.group or group, job_type="train",
         tags=list(dict.fromkeys([*tags, *w.tags])), name=run_name, id=run_id, save_dir=str(run_dir),
         offline=(mode == "offline"), resume="allow", config={**config, **(extra_config or {})},
-        settings=_wandb_settings(mode), skip_through=last_logged_step(earlier) if resume_step else -1,
+        settings=wandb_settings(mode), skip_through=last_logged_step(earlier) if resume_step else -1,
     )
     # Lightning passes anonymous=None to wandb.init, which makes W&B warn that the setting has no effect.
     if wandb_logger._wandb_init.get("anonymous") is None:
@@ -209,7 +209,7 @@ def _start_wandb(wandb_logger: WandbLogger, patience_s: float = 30.0):
             return None
 
 
-def _wandb_settings(mode: str):
+def wandb_settings(mode: str):
     import wandb
 
     # Fail within seconds rather than minutes when online but the servers cannot be reached.

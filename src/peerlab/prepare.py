@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from peerlab.config import CONFIGS
 
 
 def main(argv: list[str]) -> int:

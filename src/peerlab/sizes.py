@@ -14,9 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from peerlab.builders import build_model
+from peerlab.config import CONFIGS
 from peerlab.flops import flops_breakdown
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def load_layer(layer: str, config_dir: Path = CONFIGS):

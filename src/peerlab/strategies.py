@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from peerlab import sharded_checkpoint as sc
-from peerlab.checkpointing import check_checkpoint, load_checkpoint_dict
+from peerlab.checkpointing import check_checkpoint, fsync_file, load_checkpoint_dict
 from peerlab.config import ConfigError
 
 FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # what ModelParallelStrategy accepts
@@ -38,6 +38,13 @@ def build_strategy(trainer_cfg: Any, world: int):
     if name == "ddp" or (name == "auto" and world > 1):
         return DDPStrategy(gradient_as_bucket_view=True)
     return "auto"
+
+
+def strategy_name(strategy) -> str:
+    """``trainer.strategy``'s name for what :func:`build_strategy` returned (results.json records it)."""
+    if isinstance(strategy, ShardedStrategy):
+        return "fsdp"
+    return "ddp" if isinstance(strategy, DDPStrategy) else str(strategy)
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -72,7 +79,7 @@ class ShardedStrategy(ModelParallelStrategy):
             _distributed_checkpoint_save(state, partial)
             if self.is_global_zero:
                 torch.save(checkpoint, partial / sc.META)
-                _fsync(partial / sc.META)
+                fsync_file(partial / sc.META)
         elif self.is_global_zero:  # full state dicts were gathered on rank 0 (StateDictOptions(full_state_dict))
             self.checkpoint_io.save_checkpoint(checkpoint, partial)
         self.barrier()
@@ -103,9 +110,3 @@ class ShardedStrategy(ModelParallelStrategy):
                                      options=StateDictOptions(cpu_offload=True))
         return load_checkpoint_dict(path / sc.META, key="resume")
 
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        import os
-
-        os.fsync(fh.fileno())

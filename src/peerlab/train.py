@@ -29,7 +29,7 @@ from peerlab.plan import check_run
 from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
 from peerlab.run_folder import RESULTS, write_results
-from peerlab.strategies import ShardedStrategy, build_strategy
+from peerlab.strategies import ShardedStrategy, build_strategy, strategy_name
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
         for x, y in loader:
             loss_sum, n = module.score_batch(x.to(module.device), y.to(module.device))
             total, count = total + loss_sum, count + n
-    sums = torch.tensor([total, float(count)], dtype=torch.float64, device=module.device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
-        module.reduce_usage()
+    sums = module.sum_over_ranks(total, count)
     stats = module.usage_stats()
     model.train(was_training)
     return (sums[0] / sums[1]).item(), stats
@@ -218,10 +215,9 @@ def run(cfg: DictConfig) -> dict:
 
     results: dict[str, Any] = {
         "status": "running", "run_dir": str(run_dir), "config": config, "budget": float(cfg.budget),
-        "params_total": module.model.num_params(), "params_active": module.model.active_params(),
-        "params_dense_backbone": dense_backbone_params(module.model, cfg.model),
-        "memory_planned_gib": memory.peak / 2**30, "strategy": strategy if isinstance(strategy, str) else
-        {"DDPStrategy": "ddp", "ShardedStrategy": "fsdp"}.get(type(strategy).__name__, type(strategy).__name__),
+        "params_total": sizes["params/total"], "params_active": sizes["params/active"],
+        "params_dense_backbone": sizes["params/dense_backbone"],
+        "memory_planned_gib": memory.peak / 2**30, "strategy": strategy_name(strategy),
         "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
         "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
         "tokens_per_step": step_tokens, "max_steps": plan.max_steps, "world_size": n_procs,

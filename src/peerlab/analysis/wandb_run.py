@@ -63,7 +63,7 @@ def log_analysis(out: Path, runs, opts, written: list[str]) -> dict:
     """Log the analysis written to ``out`` (the files in ``written``) to its W&B run; returns where it went."""
     import wandb
 
-    from peerlab.loggers import _wandb_settings, run_folders, sync_command, wandb_mode
+    from peerlab.loggers import run_folders, sync_command, wandb_mode, wandb_settings
 
     group, project, entity = sweep_identity(runs)
     state_file = out / STATE
@@ -72,7 +72,7 @@ def log_analysis(out: Path, runs, opts, written: list[str]) -> dict:
     step = int(state.get("step", -1)) + 1
     mode = wandb_mode("auto")
     run = wandb.init(project=project, entity=entity, group=group, job_type="analysis", name=f"analysis {group}",
-                     id=run_id, resume="allow", dir=str(out), mode=mode, settings=_wandb_settings(mode),
+                     id=run_id, resume="allow", dir=str(out), mode=mode, settings=wandb_settings(mode),
                      config={"runs": len(runs), "sweeps": sorted({str(Path(r.path).parent) for r in runs})})
     try:
         _log(run, out, group, written, opts, step)

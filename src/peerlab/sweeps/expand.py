@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+from peerlab.config import CONFIGS
 
 
 def _overrides(config_dir: Path, overrides: list[str]) -> list[str]:

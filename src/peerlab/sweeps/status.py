@@ -19,6 +19,7 @@ MANIFEST = ".peerlab_sweep.json"
 # Pending reasons a job never leaves by waiting: it asks for more than its partition can ever give it.
 NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidQOS",
                 "InvalidAccount", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "AssocMaxCpuPerJobLimit")
+ENDED = ("interrupted", "diverged", "failed")  # what results.json says of a point that stopped without finishing
 RUNNING_STATES = ("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "RESIZING")
 
 
@@ -60,6 +61,13 @@ def _normalised(overrides: list[str]) -> frozenset:
     return frozenset(out)
 
 
+def _status(point_dir: Path) -> str | None:
+    """The ``status`` in a point's results.json (None before it writes one)."""
+    from peerlab.run_folder import read_results
+
+    return (read_results(point_dir) or {}).get("status")
+
+
 def local_points(sweep_dir: Path) -> list[Point]:
     """The points of a sweep run by a local launcher (Hydra's basic or joblib), from its ``multirun.yaml`` (the grid)
     and each point folder's overrides and results.json. A local launcher leaves no queue to ask: a point with a
@@ -84,12 +92,8 @@ def local_points(sweep_dir: Path) -> list[Point]:
         if folder is None:
             found.append(Point(name, None, "not started"))
             continue
-        try:
-            status = json.loads((folder / "results.json").read_text()).get("status")
-        except (OSError, json.JSONDecodeError):
-            status = None
-        state = {"completed": "done", None: "started"}.get(status, status if status in ("interrupted", "diverged",
-                                                                                       "failed") else "started")
+        status = _status(folder)
+        state = "done" if status == "completed" else (status if status in ENDED else "started")
         found.append(Point(name, None, state, log=str(folder / "train.log")))
     return found
 
@@ -154,10 +158,7 @@ def points(sweep_dir: Path, env: dict | None = None) -> list[Point]:
     found = []
     for i, subdir in enumerate(manifest["points"]):
         job = jobs.get(i)
-        try:
-            status = json.loads((sweep_dir / subdir / "results.json").read_text()).get("status")
-        except (OSError, json.JSONDecodeError):
-            status = None
+        status = _status(sweep_dir / subdir)
         if status == "completed":
             found.append(Point(subdir, job, "done"))
         elif job is None:
@@ -167,7 +168,7 @@ def points(sweep_dir: Path, env: dict | None = None) -> list[Point]:
             kind = "running" if state in RUNNING_STATES else "pending"
             found.append(Point(subdir, job, kind, reason if kind == "pending" else ""))
         else:
-            kind = status if status in ("interrupted", "diverged", "failed") else "failed"
+            kind = status if status in ENDED else "failed"
             found.append(Point(subdir, job, kind, log=job_log(folder, job)))
     return found
 
