@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from peerlab.config import register_resolvers
 
@@ -27,11 +27,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from peerlab.entry import run_checked
     from peerlab.evaluate import validate_eval
-    from peerlab.overrides import check_known_keys
 
-    known = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "eval.yaml"))
-    problem = check_known_keys(sys.argv[1:], known, "eval.py")
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    run_checked(main, sys.argv[1:], "eval.py", CONFIG_DIR, "eval", check=validate_eval, sweeps=False)
+    run_checked(main, sys.argv[1:], "eval.py", CONFIG_DIR, "eval", check=validate_eval, sweeps=False, closed=True)

@@ -29,4 +29,4 @@ if __name__ == "__main__":
     from peerlab.entry import run_checked
     from peerlab.generate import check
 
-    run_checked(main, sys.argv[1:], "generate.py", CONFIG_DIR, "generate", check=check, sweeps=False)
+    run_checked(main, sys.argv[1:], "generate.py", CONFIG_DIR, "generate", check=check, sweeps=False, closed=True)

@@ -102,6 +102,8 @@ def test_unknown_keys_are_one_line_listing_the_allowed_keys(checkpoint, tmp_path
     for arg, message in [
         ("foo=1", "error: foo=1: unknown key of eval.py; allowed: batch_size, ckpt, data, eval_sets, hf_cache_dir, "
                   "max_documents, max_tokens, name, out_dir, sets, wandb"),
+        ("+foo=1", "error: foo=1: unknown key of eval.py; allowed: batch_size, ckpt, data, eval_sets, hf_cache_dir, "
+                   "max_documents, max_tokens, name, out_dir, sets, wandb"),
         ("sets.c5.path=/x", "error: sets.c5.path=/x: unknown key of eval.py; allowed under sets: c4, curation, lambada, pile, wikitext"),
         ("data.files=[a]", "error: data.files=[a]: unknown key of eval.py; allowed under data: path"),
     ]:

@@ -51,6 +51,7 @@ def test_generate_py_prints_the_continuation(tiny_run, tmp_path):
     (["ckpt=x.ckpt", "top_k=0"], "error: top_k=0: must be an integer >= 1, or null"),
     (["ckpt=x.ckpt", "seed=abc"], "error: seed='abc': must be an integer"),
     (["ckpt=x.ckpt", "tempreature=1"], "error: tempreature=1: unknown key of generate.py"),
+    (["ckpt=x.ckpt", "+tempreature=1"], "error: tempreature=1: unknown key of generate.py"),
 ])
 def test_generate_mistakes_are_one_line(tmp_path, args, expected):
     proc = subprocess.run([sys.executable, str(ROOT / "generate.py"), *args], cwd=tmp_path, capture_output=True,

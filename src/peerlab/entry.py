@@ -55,9 +55,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def preflight(argv: Sequence[str], command: str, config_dir: Path, config_name: str,
-              check: Callable | None = None, sweeps: bool = True) -> str | None:
+              check: Callable | None = None, sweeps: bool = True, closed: bool = False) -> str | None:
     """An error line for the first mistake in ``argv``, else None. ``check(cfg)`` raises a user error for a bad
-    composed config; ``sweeps``: comma lists are sweeps (train.py -m), every point composed."""
+    composed config; ``sweeps``: comma lists are sweeps (train.py -m), every point composed; ``closed``: the config
+    file lists every key the command reads (eval.py, generate.py), so a key it lacks is refused, with ``+`` too."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -86,6 +87,10 @@ def preflight(argv: Sequence[str], command: str, config_dir: Path, config_name: 
     name = flags.get("-cn") or flags.get("--config-name") or config_name
     if not (folder / f"{name}.yaml").is_file():
         return f"-cn {name}: no {name}.yaml in {folder}"
+    if closed:
+        problem = _unknown_key_line(overrides, command, folder, name, with_added=True)
+        if problem:
+            return problem
     try:
         points = grid(folder, name, overrides) if sweeps and multirun else [list(overrides)]
         for point in points:
@@ -99,16 +104,18 @@ def preflight(argv: Sequence[str], command: str, config_dir: Path, config_name: 
     return None
 
 
-def _unknown_key_line(overrides: list[str], command: str, folder: Path, name: str) -> str | None:
-    """``key=value: not a key of <command>; allowed: ...`` for the first override whose key does not exist."""
+def _unknown_key_line(overrides: list[str], command: str, folder: Path, name: str,
+                      with_added: bool = False) -> str | None:
+    """``key=value: not a key of <command>; allowed: ...`` for the first override whose key does not exist. A key
+    that ``+`` adds is left to the command's own check of the composed config unless ``with_added``."""
     from omegaconf import OmegaConf
 
     from peerlab.overrides import check_known_keys
     from peerlab.sweeps.expand import compose_point
 
     base = OmegaConf.to_container(compose_point(folder, name, []), resolve=False)
-    plain = [o for o in overrides if not o.startswith("+")]  # a key a "+" adds is checked once composed
-    return check_known_keys(plain, base, command)
+    checked = overrides if with_added else [o for o in overrides if not o.startswith("+")]
+    return check_known_keys(checked, base, command)
 
 
 def quote_paths(argv: Sequence[str]) -> list[str]:
@@ -131,11 +138,11 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
 
 
 def run_checked(main: Callable[[], object], argv: Sequence[str], command: str, config_dir: Path, config_name: str,
-                check: Callable | None = None, sweeps: bool = True) -> None:
+                check: Callable | None = None, sweeps: bool = True, closed: bool = False) -> None:
     """Check ``argv`` (:func:`preflight`), then hand over to Hydra's ``main`` (which reads ``sys.argv``)."""
     argv = quote_paths(argv)
     sys.argv[1:] = argv
-    problem = preflight(argv, command, config_dir, config_name, check, sweeps)
+    problem = preflight(argv, command, config_dir, config_name, check, sweeps, closed)
     if problem:
         print(f"error: {problem}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_INPUT)
