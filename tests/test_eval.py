@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -157,3 +158,37 @@ def test_embedded_split_scored_per_source(checkpoint, tmp_path):
     assert set(row) == {f"embedded:{s}" for s in sources} and len(set(row.values())) == len(sources)
     proc = _eval(f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[embedded:kjv]", f"out_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "error: eval_sets: 'embedded:kjv': the checkpoint's validation split has no 'kjv' documents; its sources: lee, wikipedia" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_rows_are_keyed_by_checkpoint_and_record_the_tokens_they_score(checkpoint, tmp_path):
+    """Two checkpoints whose default labels agree (same layer, model and budget) get two rows; scoring a checkpoint
+    again keeps its own row; each number records the tokens it was computed on."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIGS
+    from peerlab.evaluate import PROVENANCE, run_eval
+
+    first = checkpoint["checkpoints"]["last"]
+    other = tmp_path / "other-run" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    shutil.copy(first, other)
+    out = tmp_path / "eval"
+
+    def score(ckpt):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=[f"ckpt={ckpt}", "eval_sets=[embedded]", "max_tokens=256",
+                                                         f"out_dir={out}"])
+        return run_eval(cfg)
+
+    score(first)
+    score(other)
+    table = score(first)
+    assert len(table) == 2, table
+    sources = json.loads((out / PROVENANCE).read_text())
+    assert sorted(s["ckpt"] for s in sources.values()) == sorted(str(p) for p in (pathlib.Path(first).resolve(), other.resolve()))
+    label = next(k for k, s in sources.items() if s["ckpt"] == str(other.resolve()))
+    assert label.endswith("(other-run)")
+    numbers = [s["sets"]["embedded"] for s in sources.values()]
+    assert numbers[0] == numbers[1] and numbers[0]["tokens"] == 256 and len(numbers[0]["tokens_sha256"]) == 16

@@ -393,3 +393,32 @@ def test_the_watcher_ends_the_launchers_wait_even_where_sigint_is_ignored(tmp_pa
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_plain_multirun_resumes_in_the_same_folder(tmp_path, cache_dir):
+    """``-m`` without a sweep file: the same command finds the same sweep folder, so a finished point is skipped
+    and one whose results were lost resumes from its checkpoint (lightning-hydra-template's "Resume multi-run")."""
+    args = ["-m", *TINY, "logger=csv", f"out_dir={tmp_path}", "budget=3e9,4e9"]
+    first = run_train(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "multirun").iterdir()
+    points = sorted(sweep_dir.glob("*/results.json"))
+    assert len(points) == 2
+    points[0].unlink()  # as if that point had been interrupted after its last checkpoint
+    again = run_train(*args[:-1], "budget=3e9,4e9", "trainer.progress_bar=false", cwd=tmp_path)  # same sweep
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep_dir.name]
+    assert sum(line.startswith("already complete: ") for line in again.stdout.splitlines()) == 1 and "resuming from" in (points[0].parent / "train.log").read_text()
+    other = run_train(*args[:-1], "budget=3e9", cwd=tmp_path)
+    assert other.returncode == 0 and len(list((tmp_path / "multirun").iterdir())) == 2  # another sweep, its own folder
+
+
+def test_sweep_names_follow_the_overrides_not_their_order_or_cosmetic_keys():
+    from peerlab.config import sweep_name
+
+    a = sweep_name(["layer=ffw,peer", "budget=1e12"])
+    assert a == sweep_name(["budget=1e+12", "layer=ffw,peer", "trainer.progress_bar=false", "logger=csv",
+                            "hydra/launcher=joblib", "out_dir=/x"])
+    assert a != sweep_name(["layer=ffw,peer", "budget=2e12"])
+    named = sweep_name(["data=files", "data.files=[/data/a.jsonl]", "model=" + "x" * 300])
+    assert "/" not in named and len(named.encode()) <= 89

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,38 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+# Overrides that leave what a sweep trains as it was: a rerun that differs only in these continues the same sweep.
+SWEEP_NAME_IGNORES = ("hydra.", "hydra/", "out_dir=", "trainer.progress_bar=", "logger=", "logger.", "resume=", "data.cache_dir=",
+                      "data.num_workers=")
+
+
+def sweep_name(overrides: list[str] | None = None) -> str:
+    """A plain ``-m`` sweep's folder name, from its overrides as typed: rerunning the same command finds the same
+    folder, so finished points are skipped, interrupted ones resume and the rest start (a sweep file names its own
+    folder). The name is the overrides, sorted and made safe for a path, and a hash of them all, so two sweeps never
+    share a folder by accident. Without overrides to read: a time stamp, as Hydra's default."""
+    import hashlib
+
+    if overrides is None:
+        return time.strftime("%Y-%m-%d_%H-%M-%S")
+    kept = sorted(written_as(o) for o in overrides if not o.lstrip("+~").startswith(SWEEP_NAME_IGNORES))
+    if not kept:
+        return "defaults"
+    joined = "__".join(kept)
+    readable = joined.replace(os.sep, "%")
+    digest = hashlib.sha1(joined.encode()).hexdigest()[:8]
+    return readable.encode()[:80].decode(errors="ignore") + "-" + digest
+
+
 def register_resolvers() -> None:
     for name, fn in (("sci", sci), ("sweep_subdir", sweep_subdir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("sweep_name"):
+        # cached: a job (another process under joblib or SLURM) gets the master's value with Hydra's copied cache
+        # (keyed by the argument's text, ${hydra.overrides.task}, which a job's own overrides do not change)
+        OmegaConf.register_new_resolver("sweep_name", lambda task=None: sweep_name(None if task is None else list(task)),
+                                        use_cache=True)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from peerlab.builders import build_corpus
 from peerlab.checkpointing import load_checkpoint_dict
 from peerlab.config import ConfigError, sci
 from peerlab.data.corpora import encode_texts
+from peerlab.data.tokenizer import tokenizer_hash
 from peerlab.eval_sets import documents
 from peerlab.lit_module import LanguageModel
 from peerlab.saved_settings import rebuild
@@ -44,6 +45,42 @@ def default_label(module: LanguageModel) -> str:
     model = cfg.get("model", {}).get("name", module.hparams["model"].get("name", "?"))
     seed = cfg.get("seed") or 0  # seeds of one sweep point would otherwise share a row and overwrite each other
     return f"{layer} {model} {sci(module.hparams['budget'])}" + (f" seed {seed}" if seed else "")
+
+
+# Beside results.json: for each row, the checkpoint it scores, and for each number the tokens it was computed on.
+PROVENANCE = "provenance.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def row_label(label: str, ckpt: str, sources: dict) -> str:
+    """Rows are keyed by checkpoint: a label that already names another checkpoint's row gains that checkpoint's run
+    folder (then a hash of its path), so two checkpoints never merge into one row; the same checkpoint keeps its
+    row."""
+    path = str(Path(ckpt).expanduser().resolve())
+    taken = lambda name: name in sources and sources[name].get("ckpt") != path  # noqa: E731
+    if not taken(label):
+        return label
+    run = Path(path).parent.parent.name if Path(path).parent.name == "checkpoints" else Path(path).stem
+    candidate = f"{label} ({run})"
+    if taken(candidate):
+        import hashlib
+
+        candidate = f"{label} ({run} {hashlib.sha1(path.encode()).hexdigest()[:8]})"
+    return candidate
+
+
+def token_hash(tokens: np.ndarray, scored: int) -> str:
+    """The tokens a perplexity was computed on (those scored and the first one before them)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(tokens[: scored + 1], dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def token_stream(tok: Tokenizer, texts) -> np.ndarray:
@@ -185,14 +222,13 @@ def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
     ckpts = checkpoints(cfg)
     out_dir = Path(cfg.out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        table = json.loads((out_dir / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        table = {}
+    table = _read_json(out_dir / "results.json")
+    sources = _read_json(out_dir / PROVENANCE)
     for ckpt in ckpts:
         module, tok = load_checkpoint(ckpt)
-        label = (cfg.name if len(ckpts) == 1 and cfg.name else None) or default_label(module)
+        label = row_label((cfg.name if len(ckpts) == 1 and cfg.name else None) or default_label(module), ckpt, sources)
         row = table.setdefault(label, {})
+        source = sources.setdefault(label, {"ckpt": str(Path(ckpt).expanduser().resolve()), "sets": {}})
         for name in cfg.eval_sets:
             spec = OmegaConf.to_container(cfg.sets.get(name, {})) if name in cfg.sets else {}
             if name == "c4":
@@ -200,8 +236,11 @@ def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
             tokens = token_stream(tok, set_documents(name, spec, module, cfg.get("hf_cache_dir"), cfg.get("max_documents")))
             result = perplexity(module, tokens, cfg.batch_size, cfg.get("max_tokens"))
             row[name] = result["ppl"]
+            source["sets"][name] = {"tokens": result["tokens"], "tokens_sha256": token_hash(tokens, result["tokens"]),
+                                    "tokenizer": tokenizer_hash(tok)}
             print(f"{label:>28s}  {name:>10s}: ppl {result['ppl']:.3f} over {result['tokens']} tokens", flush=True)
         write_tables(out_dir, table)
+        (out_dir / PROVENANCE).write_text(json.dumps(sources, indent=2))
         if cfg.get("wandb"):
             _log_wandb(ckpt, label, row)
     print(f"wrote {out_dir / 'table.md'} and table.csv")

@@ -28,16 +28,19 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peerlab.config import ADDED_KEYS, ConfigError
+from peerlab.run_lock import LOCK
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
+DATA = "data.json"  # the data's fingerprint (``TextDataModule.fingerprint``): part of the run's identity
 CHECKPOINTS = "checkpoints"
 # Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
 NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
-# What stays when a run is moved aside: the log files of the job in progress, which Hydra has open.
-KEPT_IN_PLACE = (".hydra",)
+# What stays when a run is moved aside: the log files of the job in progress, which Hydra has open, and the
+# folder's lock, which this job holds.
+KEPT_IN_PLACE = (".hydra", LOCK)
 
 
 def read_results(run_dir: Path) -> dict | None:
@@ -145,3 +148,50 @@ def settle(run_dir: Path, cfg: DictConfig, rank: int = 0) -> dict | None:
     if rank == 0:
         save_config(run_dir, cfg)
     return None
+
+
+def read_data(run_dir: Path) -> dict | None:
+    try:
+        data = json.loads((Path(run_dir) / DATA).read_text())
+    except (OSError, ValueError):
+        results = read_results(run_dir)  # a run whose data.json was lost still names its data in results.json
+        data = results.get("data") if results else None
+    return data if isinstance(data, dict) else None
+
+
+def write_data(run_dir: Path, fingerprint: dict) -> None:
+    tmp = Path(run_dir) / f".{DATA}.tmp"
+    tmp.write_text(json.dumps(fingerprint, indent=2))
+    tmp.replace(Path(run_dir) / DATA)
+
+
+# The fingerprint's keys that decide whether two runs saw the same data, in the order a refusal names them.
+DATA_IDENTITY = ("corpus", "tokenizer", "vocab_size", "tokens")
+
+
+def data_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    return [(k, old.get(k), new.get(k)) for k in DATA_IDENTITY if old.get(k) != new.get(k)]
+
+
+def check_data(run_dir: Path, cfg: DictConfig, fingerprint: dict, rank: int = 0) -> None:
+    """The data is part of a run's identity: a folder holding a run made on other data (a corpus file edited, other
+    shards, another tokenizer) refuses this one in one line, as another config is refused; a new run records its
+    data. A run that predates fingerprints is resumed as it is, its data unchecked (said in the log)."""
+    run_dir = Path(run_dir)
+    saved = read_data(run_dir)
+    if holds_run(run_dir):
+        if saved is None:
+            log.warning("%s predates data fingerprints: its data cannot be compared with this run's", run_dir)
+            results = read_results(run_dir)
+            if rank == 0 and not (results and results.get("status") == "completed"):
+                write_data(run_dir, fingerprint)  # what the rest of this interrupted run trains on
+            return
+        diff = data_differences(saved, fingerprint)
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in diff[:2])
+            raise ConfigError(f"run_name={cfg.run_name!r}: {run_dir} holds a run trained on other data than "
+                              f"data={cfg.data.get('name')} gives now ({shown}); choose another run_name= or out_dir=, "
+                              "or resume=false to move that run aside and start afresh")
+        return
+    if rank == 0:
+        write_data(run_dir, fingerprint)

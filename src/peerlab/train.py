@@ -29,6 +29,7 @@ from peerlab.plan import check_run
 from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
 from peerlab.run_folder import RESULTS, write_results
+from peerlab.run_lock import RunLock
 from peerlab.strategies import ShardedStrategy, build_strategy, strategy_name
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
 
 
 def run(cfg: DictConfig) -> dict:
+    """Train ``cfg``'s run in its folder, which rank 0 holds against any other process until the run ends."""
     t0 = time.time()
     quiet_third_party()
     rank = global_rank()
@@ -125,8 +127,23 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir, key=f"run_name={cfg.run_name!r}")
+    if rank == 0:
+        lock.acquire()  # refused in one line while another live process holds the folder
+    try:
+        return _run_in_folder(cfg, run_dir, rank, t0)
+    finally:
+        lock.release()
+
+
+def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict:
     check_mixer(cfg)
     done = run_folder.settle(run_dir, cfg, rank)  # refuses another config; resume=false moves the earlier run aside
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg, progress=cfg.trainer.progress_bar)
+    dm.prepare_data()
+    data_fingerprint = dm.fingerprint()
+    run_folder.check_data(run_dir, cfg, data_fingerprint, rank)  # other data is another run, never "already complete"
     if done is not None:
         message = (f"already complete: {run_dir} (final val loss {done.get('final_val_loss', float('nan')):.4f} after "
                    f"{done.get('steps')} steps); nothing to train. resume=false trains it again, moving this run aside")
@@ -135,12 +152,9 @@ def run(cfg: DictConfig) -> dict:
             print(message, flush=True)
         return done
 
-    L.seed_everything(cfg.seed, workers=True)
     cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     set_matmul_precision(cfg.trainer.get("matmul_precision", "auto"), cuda)
     data = cfg.data
-    dm = build_datamodule(cfg, progress=cfg.trainer.progress_bar)
-    dm.prepare_data()
 
     n_procs = world_size(cfg.trainer)
     step_tokens = tokens_per_step(data.batch_size, data.seq_len, cfg.trainer.accumulate_grad_batches, n_procs)
@@ -221,7 +235,7 @@ def run(cfg: DictConfig) -> dict:
         "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
         "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
         "tokens_per_step": step_tokens, "max_steps": plan.max_steps, "world_size": n_procs,
-        "vocab_size": dm.vocab_size, "tokenizer": dict(cfg.tokenizer), "train_tokens_available": dm.split_tokens("train"),
+        "vocab_size": dm.vocab_size, "tokenizer": dict(cfg.tokenizer), "data": data_fingerprint, "train_tokens_available": dm.split_tokens("train"),
         "val_tokens": dm.split_tokens("val"), "versions": {"peerlab": __version__, "torch": torch.__version__,
                                                            "lightning": L.__version__, "python": platform.python_version()},
     }

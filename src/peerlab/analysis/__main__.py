@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from peerlab.analysis import figures, tables
-from peerlab.analysis.collect import collect
+from peerlab.analysis.collect import check_same_data, collect
 from peerlab.analysis.isoflop import optima
 from peerlab.analysis.scaling import fit_power_laws, gaps_to
 
@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = kept
     if not runs:
         print(f"error: no completed results.json under {', '.join(args.dirs)} (skipped: {skipped or 'none found'})", file=sys.stderr)
+        return 2
+    problem = check_same_data(runs)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.ablation:
         problem = check_ablation(runs, args.ablation, args.series)

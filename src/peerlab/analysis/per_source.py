@@ -17,7 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from peerlab.analysis.collect import Run, collect
+from peerlab.analysis.collect import Run, check_same_data, collect
 from peerlab.analysis.scaling import z_score
 from peerlab.config import sci
 
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_seeds < 1:
         ap.error(f"--min-seeds={args.min_seeds}: must be >= 1")
     runs, _ = collect(args.dirs)
+    problem = check_same_data(runs)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     points = seeded_points(runs, args.min_seeds)
     if not points:
         print(f"error: no sweep point under {', '.join(args.dirs)} has {args.min_seeds} seeds", file=sys.stderr)

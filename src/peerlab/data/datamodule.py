@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from peerlab.data import token_cache
 from peerlab.data.sampling import ResumableSampler
 from peerlab.data.sharding import Padded, ShardedBatches
-from peerlab.data.tokenizer import build_tokenizer
+from peerlab.data.tokenizer import build_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,16 @@ class TextDataModule(L.LightningDataModule):
         train = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "train"), self.seq_len)
         self.train_set = train if self.train_fraction == 1 else EvenSubset(train, self.train_fraction)
         self.val_set = PackedBlocks(token_cache.load_split(self._entry, self.manifest, "val"), self.seq_len)
+
+    def fingerprint(self) -> dict:
+        """What the run trains and validates on, as a run's identity holds it: the corpus (its key changes with its
+        documents or shard files), the tokenizer, and the hash of the cached tokens of both splits, all read from the
+        cache's manifest (cheap at C4's scale)."""
+        assert self.manifest is not None and self.tokenizer is not None, "call prepare_data() first"
+        return {"corpus": self.corpus.key(), "tokenizer": tokenizer_hash(self.tokenizer), "vocab_size": self.vocab_size,
+                "tokens": token_cache.content_hash(self.manifest),
+                "train_tokens": int(self.manifest["splits"]["train"]["tokens"]),
+                "val_tokens": int(self.manifest["splits"]["val"]["tokens"])}
 
     @property
     def vocab_size(self) -> int:

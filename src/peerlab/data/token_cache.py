@@ -155,6 +155,17 @@ def _progress(split: str, enabled: bool):
     return tqdm(desc=f"tokenizing {split}", unit="tok", unit_scale=True, smoothing=0.1)
 
 
+def content_hash(manifest: dict) -> str:
+    """A hash of a cache entry's tokens, from what its manifest already records (each shard's SHA-256 and token
+    count, the dtype, the tokenizer): nothing is re-read, at any corpus size."""
+    h = hashlib.sha256()
+    h.update(json.dumps([manifest.get("tokenizer"), manifest.get("dtype")]).encode())
+    for split in sorted(manifest["splits"]):
+        for shard in manifest["splits"][split]["shards"]:
+            h.update(f"{split}:{shard['tokens']}:{shard['sha256']}".encode())
+    return h.hexdigest()[:16]
+
+
 def load_split(entry: Path, manifest: dict, split: str) -> list[np.memmap]:
     dtype = np.dtype(manifest["dtype"])
     return [np.memmap(entry / s["file"], dtype=dtype, mode="r") for s in manifest["splits"][split]["shards"]]
