@@ -26,3 +26,4 @@ def test_demo_trains_both_prints_the_difference_and_draws_the_curves(tmp_path, c
     assert all(abs(r["flops"] - 3e10) / 3e10 < 0.05 for r in results.values())  # equal FLOPs, within one step
     figure = re.search(r"^figure: (.+\.png)$", out, re.M)[1]
     assert open(figure, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert figure == str((tmp_path / "demo" / "loss_vs_flops-s2-3e10.png").resolve())  # a demo at another budget: its own

@@ -21,3 +21,27 @@ def fail(message: str) -> NoReturn:
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see {self.prog} --help)")
+
+
+def output_folder(value: str):
+    """An argparse ``type`` for an output folder: refused in one line when it cannot be written."""
+    from pathlib import Path
+
+    from peerlab.config import output_problem
+
+    problem = output_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
+    return Path(value).expanduser()
+
+
+def output_file(value: str):
+    """An argparse ``type`` for an output file: refused in one line when it cannot be written."""
+    from pathlib import Path
+
+    from peerlab.config import output_problem
+
+    problem = output_problem(value, file=True)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
+    return Path(value).expanduser()

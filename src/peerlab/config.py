@@ -198,6 +198,18 @@ def register_schema() -> None:
 # ------------------------------------------------------------------------------------------------ checks
 
 MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")
+# Lightning's precision settings that peerlab trains with (the schema, the strategies and the memory model read this
+# one list), and the short names Lightning accepts for them. Lightning's true 16-bit settings (bf16-true, 16-true)
+# keep AdamW's moments and the weights' updates in 16 bits, and transformer-engine needs its own layers: neither is
+# something peerlab trains or plans, so both are refused before any work.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+FSDP_PRECISIONS = ("32-true", "bf16-mixed")  # FSDP2 under ModelParallelStrategy: 16-mixed needs a sharded scaler
+
+
+def precision_name(value: Any) -> str:
+    """The canonical name of a ``trainer.precision`` value (``bf16`` -> ``bf16-mixed``, ``32`` -> ``32-true``)."""
+    return PRECISION_ALIASES.get(str(value), str(value))
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 STRATEGIES = ("auto", "ddp", "fsdp")
 
@@ -241,6 +253,11 @@ def validate_optim(o: DictConfig, prefix: str = "") -> None:
     _require(0 <= o.warmup_fraction < 1, f"{prefix}optim.warmup_fraction", o.warmup_fraction, "must be in [0, 1)")
     _require(0 <= o.min_lr_ratio <= 1, f"{prefix}optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     _require(o.grad_clip >= 0, f"{prefix}optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+    betas = list(o.betas) if OmegaConf.is_list(o.betas) or isinstance(o.betas, list | tuple) else o.betas
+    _require(isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, float | int) and not isinstance(b, bool)
+                                                                  and 0 <= b < 1 for b in betas),
+             f"{prefix}optim.betas", betas, "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    _require(o.eps > 0, f"{prefix}optim.eps", o.eps, "must be > 0")
 
 
 # Keys of every data option (configs/data/*.yaml) and of the tokenizer: the nodes the schema leaves open.
@@ -294,6 +311,11 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(cfg.min_steps) and cfg.min_steps >= 1, "min_steps", cfg.min_steps, "must be an integer >= 1")
 
     validate_model(cfg.model)
+    from peerlab.mixers.activations import ACTIVATIONS
+
+    for key, node in (("model.activation", cfg.model), ("layer.activation", cfg.get("layer"))):
+        if isinstance(node, DictConfig) and "activation" in node:
+            _require(node.activation in ACTIVATIONS, key, node.activation, f"allowed: {', '.join(ACTIVATIONS)}")
 
     _require(isinstance(cfg.layer, DictConfig) and "_target_" in cfg.layer, "layer", cfg.layer, "must be a config group option with a _target_ (layer=ffw|moe|pkm|peer)")
 
@@ -331,6 +353,13 @@ def validate(cfg: DictConfig) -> None:
 
         _require(torch.cuda.is_available(), "trainer.accelerator", tr.accelerator,
                  "no GPU is visible here (torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")
+    impl = cfg.layer.get("impl") if isinstance(cfg.get("layer"), DictConfig) else None
+    if impl == "triton" and not os.environ.get("TRITON_INTERPRET"):
+        import torch
+
+        on_cpu = tr.accelerator == "cpu" or not torch.cuda.is_available()
+        _require(not on_cpu, "layer.impl", impl, "Triton's kernels run on CUDA GPUs and this run is on the CPU; use "
+                 "layer.impl=chunked or auto (auto takes Triton on a GPU)")
     dev = tr.devices
     _require((_is_int(dev) and (dev >= 1 or dev == -1)) or dev == "auto" or OmegaConf.is_list(dev), "trainer.devices", dev,
              "must be an integer >= 1, -1 or auto (every visible GPU), or a list of GPU indices")
@@ -340,16 +369,39 @@ def validate(cfg: DictConfig) -> None:
              f"allowed: {', '.join(STRATEGIES)} (trainer=ddp, trainer=fsdp)")
     _require(_is_int(tr.get("loss_chunk_tokens", 0)) and tr.get("loss_chunk_tokens", 0) >= 0, "trainer.loss_chunk_tokens",
              tr.get("loss_chunk_tokens"), "must be an integer >= 0 (0: the whole micro-batch at once)")
+    precision = precision_name(tr.precision)
+    _require(precision in PRECISIONS, "trainer.precision", tr.precision,
+             f"allowed: {', '.join(PRECISIONS)} (or {', '.join(PRECISION_ALIASES)}); true 16-bit training is not supported")
+    if tr.get("strategy", "auto") == "fsdp":
+        _require(precision in FSDP_PRECISIONS, "trainer.precision", tr.precision,
+                 f"trainer=fsdp takes {', '.join(FSDP_PRECISIONS)}")
     _require(tr.ckpt_every_minutes >= 0, "trainer.ckpt_every_minutes", tr.ckpt_every_minutes, "must be >= 0 (0 disables)")
     _require(tr.get("matmul_precision", "auto") in MATMUL_PRECISIONS, "trainer.matmul_precision", tr.get("matmul_precision"),
              f"allowed: {', '.join(MATMUL_PRECISIONS)}")
     _require(cfg.logger.wandb.mode in ("auto", "online", "offline", "disabled"), "logger.wandb.mode", cfg.logger.wandb.mode, "allowed: auto, online, offline, disabled")
 
-    out = Path(cfg.out_dir).expanduser()
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    _require(os.access(probe, os.W_OK), "out_dir", cfg.out_dir, f"is not writable ({probe})")
+    problem = output_problem(cfg.out_dir)
+    _require(problem is None, "out_dir", cfg.out_dir, problem or "")
+
+
+def output_problem(value: Any, file: bool = False) -> str | None:
+    """Why ``value`` cannot be the output folder (``file``: the output file) an entry point writes, or None: a file
+    where a folder should be (or above it), a folder it may not write in, a name the filesystem cannot hold."""
+    out = Path(str(value)).expanduser()
+    folder = out.parent if file else out
+    try:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if file and out.is_dir():
+            return "is a folder; give a file name"
+        if not probe.is_dir():
+            return "is a file, not a folder" if probe == folder else f"cannot be made: {probe} is a file"
+        if not os.access(probe, os.W_OK | os.X_OK):
+            return f"is not writable ({probe})"
+    except OSError as exc:  # e.g. a name longer than the filesystem's 255 bytes
+        return f"cannot be used as a path ({exc.strerror or exc})"
+    return None
 
 
 # Every process that imports the config module can resolve run names and sweep folders: a SLURM job resolves

@@ -250,7 +250,7 @@ def build(keys: SweepKeys, entity: str, project: str) -> tuple[list, object, dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peerlab.cli import ArgumentParser, fail
+    from peerlab.cli import ArgumentParser, fail, output_file
 
     ap = ArgumentParser(prog="python -m peerlab.dashboard", description=__doc__.splitlines()[0],
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entity", required=True, help="the W&B entity (user or team) the runs went to")
     ap.add_argument("--project", help="the W&B project (default: the runs' logger.wandb.project)")
     ap.add_argument("--save", action="store_true", help="upload the views and the report (needs an API key)")
-    ap.add_argument("--out", type=Path, help="where the specs go (default <sweep dir>/dashboard.json)")
+    ap.add_argument("--out", type=output_file, help="where the specs go (default <sweep dir>/dashboard.json)")
     ap.add_argument("--preview", action="store_true", help="also draw each view from its spec and the runs' offline "
                                                            "files: <out stem>-<budget>.png beside the specs")
     args = ap.parse_args(argv)

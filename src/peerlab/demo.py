@@ -59,12 +59,12 @@ def _first_error(log_path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peerlab.cli import ArgumentParser
+    from peerlab.cli import ArgumentParser, output_folder
 
     parser = ArgumentParser(prog="python -m peerlab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=1e12, help="training FLOPs of each run (default 1e12)")
     parser.add_argument("--model", default="s2", help="model size, a configs/model option (default s2)")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the runs and figure go")
+    parser.add_argument("--out", type=output_folder, default=Path("runs/demo"), help="where the runs and figure go")
     args = parser.parse_args(argv)
     from peerlab.cli import fail
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     diff = results["peer_matched"]["final_val_loss"] - results["ffw"]["final_val_loss"]
     print(f"PEER - dense: {diff:+.4f} nats at equal FLOPs (one seed each; seed-to-seed spread and the full grid: "
           "experiments/README.md)")
-    figure = sweep / "loss_vs_flops.png"
+    figure = sweep / f"loss_vs_flops-{args.model}-{sci(args.budget)}.png"  # one per budget and model, as the runs
     draw_curves([(f"{name} ({layer})", layer, _point(sweep, layer, args.model, args.budget))
                  for layer, name in LAYERS.items()], figure,
                 title=f"Dense vs PEER at {sci(args.budget)} FLOPs each, model {args.model} (one seed each)")

@@ -128,13 +128,21 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
     parser, out = OverridesParser.create(), []
     for arg in argv:
         key, eq, value = arg.partition("=")
-        if eq and not arg.startswith("-") and "'" not in value and value and Path(value).expanduser().exists():
+        # and text beyond ASCII (a prompt in French or Chinese), which Hydra's grammar reads only when quoted
+        if eq and not arg.startswith("-") and "'" not in value and value and (_exists(value) or not value.isascii()):
             try:
                 parser.parse_overrides([arg])
             except HydraException:
                 arg = f"{key}='{value}'"
         out.append(arg)
     return out
+
+
+def _exists(value: str) -> bool:
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, ValueError):  # a value too long to be a path (ENAMETOOLONG), or holding a NUL: not a path
+        return False
 
 
 def run_checked(main: Callable[[], object], argv: Sequence[str], command: str, config_dir: Path, config_name: str,

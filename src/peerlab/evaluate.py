@@ -197,6 +197,11 @@ def checkpoints(cfg: Any) -> list[str]:
     return [str(c) for c in ckpts]
 
 
+def eval_set_names(cfg: Any) -> list[str]:
+    """``eval_sets`` as a list: ``eval_sets=embedded`` (one name, no brackets) is that set, not its letters."""
+    return [cfg.eval_sets] if isinstance(cfg.eval_sets, str) else [str(s) for s in cfg.eval_sets]
+
+
 def validate_eval(cfg: Any) -> None:
     """eval.py's values, each refused in one line naming the key: the checkpoints, sizes and caps, the sets."""
     from peerlab.eval_sets import SETS
@@ -205,7 +210,7 @@ def validate_eval(cfg: Any) -> None:
     _positive_int(cfg.batch_size, "batch_size")
     _positive_int(cfg.max_tokens, "max_tokens", none_ok=True)
     _positive_int(cfg.max_documents, "max_documents", none_ok=True)
-    sets = list(cfg.eval_sets) if not isinstance(cfg.eval_sets, str) else [cfg.eval_sets]
+    sets = eval_set_names(cfg)
     if not sets:
         raise ConfigError(f"eval_sets=[]: name at least one of {', '.join(SETS)} (or embedded:<source>)")
     for name in sets:
@@ -213,6 +218,11 @@ def validate_eval(cfg: Any) -> None:
             raise ConfigError(f"eval_sets: {name!r} is not an evaluation set; allowed: {', '.join(SETS)}, embedded:<source>")
     if not isinstance(cfg.wandb, bool):
         raise ConfigError(f"wandb={cfg.wandb!r}: must be true or false")
+    from peerlab.config import output_problem
+
+    problem = output_problem(cfg.out_dir)
+    if problem:
+        raise ConfigError(f"out_dir={cfg.out_dir!r}: {problem}")
 
 
 def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
@@ -229,7 +239,7 @@ def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
         label = row_label((cfg.name if len(ckpts) == 1 and cfg.name else None) or default_label(module), ckpt, sources)
         row = table.setdefault(label, {})
         source = sources.setdefault(label, {"ckpt": str(Path(ckpt).expanduser().resolve()), "sets": {}})
-        for name in cfg.eval_sets:
+        for name in eval_set_names(cfg):
             spec = OmegaConf.to_container(cfg.sets.get(name, {})) if name in cfg.sets else {}
             if name == "c4":
                 spec["path"] = c4_location(cfg, module)

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from peerlab.config import precision_name
 from peerlab.mixers.base import ActivationMemory, Precision
 from peerlab.mixers.sparse_grads import expected_rows
 from peerlab.model import Transformer
 
 # bytes of weights/full-precision activations and of matmul outputs under each Lightning precision setting
-PRECISIONS = {"32-true": Precision(4, 4), "32": Precision(4, 4), "bf16-mixed": Precision(4, 2),
-              "16-mixed": Precision(4, 2), "64-true": Precision(8, 8), "64": Precision(8, 8)}
+BYTES = {"32-true": Precision(4, 4), "bf16-mixed": Precision(4, 2), "16-mixed": Precision(4, 2), "64-true": Precision(8, 8)}
 STRATEGIES = ("single", "ddp", "fsdp")
 ADAMW_MOMENTS = 2
 STEP_BYTES = 4  # AdamW's step count per parameter tensor: a float32 scalar tensor
@@ -60,8 +60,8 @@ class Execution:
     ddp_bucket_view: bool = True  # DDP keeps gradients in its buckets (peerlab.strategies); False: a second copy
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision={self.precision!r}: the memory model knows {', '.join(PRECISIONS)}")
+        if precision_name(self.precision) not in BYTES:
+            raise ValueError(f"trainer.precision={self.precision!r}: allowed: {', '.join(BYTES)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r}: allowed: {', '.join(STRATEGIES)}")
 
@@ -71,7 +71,7 @@ class Execution:
 
     @property
     def bytes(self) -> Precision:
-        return PRECISIONS[self.precision]
+        return BYTES[precision_name(self.precision)]
 
     @property
     def sharded(self) -> bool:

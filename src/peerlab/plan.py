@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from peerlab.builders import build_model
-from peerlab.config import ConfigError, validate, written_as
+from peerlab.config import ConfigError, precision_name, validate, written_as
 from peerlab.distributed import world_size
 from peerlab.flops import BudgetTooSmall, flops_breakdown, plan_budget, tokens_per_step
 from peerlab.memory import Estimate, Execution
@@ -54,7 +54,7 @@ def device_type(cfg: DictConfig) -> str:
 def execution(cfg: DictConfig, device: str, world: int) -> Execution:
     tr = cfg.trainer
     strategy = "fsdp" if tr.strategy == "fsdp" else ("ddp" if world > 1 else "single")
-    precision = {"bf16": "bf16-mixed", "16": "16-mixed"}.get(str(tr.precision), str(tr.precision))
+    precision = precision_name(tr.precision)
     return Execution(device_type=device, precision=precision, strategy=strategy, world=world,
                      micro_batch=int(cfg.data.batch_size), seq_len=int(cfg.data.seq_len),
                      accumulate=int(tr.accumulate_grad_batches),

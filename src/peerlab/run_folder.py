@@ -36,6 +36,7 @@ RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
 DATA = "data.json"  # the data's fingerprint (``TextDataModule.fingerprint``): part of the run's identity
 CHECKPOINTS = "checkpoints"
+WANDB_ID = "wandb_id.txt"  # the run's W&B id (peerlab.loggers), kept while the run holds something finished
 # Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
 NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
 # What stays when a run is moved aside: the log files of the job in progress, which Hydra has open, and the
@@ -146,6 +147,10 @@ def settle(run_dir: Path, cfg: DictConfig, rank: int = 0) -> dict | None:
         if results and results.get("status") == "completed":
             return results
     if rank == 0:
+        if not holds_run(run_dir):
+            # an attempt that left nothing finished (perhaps under another config) leaves no W&B id either: a start
+            # from step 0 is a fresh W&B run, never rows appended to that attempt's
+            (run_dir / WANDB_ID).unlink(missing_ok=True)
         save_config(run_dir, cfg)
     return None
 

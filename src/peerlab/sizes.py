@@ -84,7 +84,9 @@ def cost_structure(models: list[str], vocab: int, seq_len: int, layers: tuple[st
                         [load_layer(layer, config_dir) for layer in layers]))
     paper_model = {"name": "paper", "depth": 12, "aspect_ratio": 64, "head_dim": 64, "d_model": 1024, "ffw_mult": 4.0,
                    "activation": "gelu", "sparse_blocks": "middle"}
-    paper_layers = [load_layer(layer.replace("_matched", ""), config_dir) for layer in layers]
+    paper_name = lambda layer: next(n for n in (layer.replace("_matched", ""), layer)  # noqa: E731
+                                    if (config_dir / "layer" / f"{n}.yaml").is_file())
+    paper_layers = [load_layer(paper_name(layer), config_dir) for layer in layers]
     rows.append(row("paper (d_model 1024, 12 blocks, seq 2048, vocab 32k)", paper_model, 32000, 2048, paper_layers))
     return "\n".join(rows)
 
@@ -96,23 +98,25 @@ def main(argv: list[str] | None = None) -> int:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--layer", default="ffw", help="a configs/layer option, placed in the middle block")
+    ap.add_argument("--layer", default=None, help="a configs/layer option, placed in the middle block (default ffw); "
+                                                 "with --cost, the one sparse layer costed (default: the matched three)")
     ap.add_argument("--cost", default=None, help="comma-separated model presets: print their cost structure instead")
     args = ap.parse_args(argv)
     for flag, value in (("--vocab", args.vocab), ("--seq-len", args.seq_len)):
         if value < 1:
             fail(f"{flag}={value}: must be >= 1")
     layers = sorted(p.stem for p in (CONFIGS / "layer").glob("*.yaml"))
-    if args.layer not in layers:
+    if args.layer is not None and args.layer not in layers:
         fail(f"--layer={args.layer}: not a configs/layer option; allowed: {', '.join(layers)}")
     if args.cost:
         models = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
         unknown = [m for m in args.cost.split(",") if m not in models]
         if unknown:
             fail(f"--cost={args.cost}: {', '.join(unknown)} not a configs/model option; allowed: {', '.join(models)}")
-        print(cost_structure(args.cost.split(","), args.vocab, args.seq_len))
+        costed = (args.layer,) if args.layer else ("peer_matched", "pkm_matched", "moe_matched")
+        print(cost_structure(args.cost.split(","), args.vocab, args.seq_len, costed))
         return 0
-    print(table(args.vocab, args.seq_len, args.layer))
+    print(table(args.vocab, args.seq_len, args.layer or "ffw"))
     return 0
 
 

@@ -22,16 +22,14 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from peerlab import sharded_checkpoint as sc
 from peerlab.checkpointing import check_checkpoint, fsync_file, load_checkpoint_dict
-from peerlab.config import ConfigError
-
-FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # what ModelParallelStrategy accepts
+from peerlab.config import FSDP_PRECISIONS, ConfigError, precision_name
 
 
 def build_strategy(trainer_cfg: Any, world: int):
     """The Lightning strategy for ``trainer.strategy`` in a job of ``world`` processes."""
     name = trainer_cfg.strategy
     if name == "fsdp":
-        precision = str(trainer_cfg.precision)
+        precision = precision_name(trainer_cfg.precision)
         if precision not in FSDP_PRECISIONS:
             raise ConfigError(f"trainer.precision={precision!r}: trainer=fsdp takes {', '.join(FSDP_PRECISIONS)}")
         return ShardedStrategy(world)

@@ -210,6 +210,8 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
         check_val_every_n_epoch=None, limit_val_batches=None, num_sanity_val_steps=0,
         log_every_n_steps=tr.log_every_steps, logger=loggers, callbacks=callbacks,
         enable_progress_bar=tr.progress_bar, enable_model_summary=False, deterministic=tr.deterministic,
+        # no ModelCheckpoint of Lightning's own: last.ckpt is LastCheckpoint's, best.ckpt best_ckpt's (unsharded runs)
+        enable_checkpointing=best_ckpt is not None,
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
     )
     log.info("device: %s x %d (%s), precision %s, float32 matmuls %s", trainer.strategy.root_device.type, n_procs,
@@ -239,26 +241,33 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
         "val_tokens": dm.split_tokens("val"), "versions": {"peerlab": __version__, "torch": torch.__version__,
                                                            "lightning": L.__version__, "python": platform.python_version()},
     }
-    t_fit = time.time()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    except BaseException as exc:
-        results.update(status=failure_status(exc),
-                       error=f"{type(exc).__name__}: {exc}", steps=module.global_step,
-                       flops=module.flops_done(), wall_time_s=time.time() - t0)
+    def record_failure(exc: BaseException, stage: str) -> None:
+        results.update(status=failure_status(exc), error=f"{type(exc).__name__}: {exc}", failed_in=stage,
+                       steps=module.global_step, flops=module.flops_done(), wall_time_s=time.time() - t0)
         if isinstance(exc, Preempted):
             results["preempted"] = exc.as_record()
         if trainer.is_global_zero:
             write_results(run_dir, results)
         wandb_summary(loggers, {"status": results["status"], "steps": results["steps"], "flops": results["flops"]})
         finish_loggers(loggers, "failed")
+
+    t_fit = time.time()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as exc:
+        record_failure(exc, "training")
         raise
     fit_time = time.time() - t_fit
-    if sharded:  # one file with the full weights and optimizer state, which anything loads as any checkpoint
-        with strategy.consolidated():
-            trainer.save_checkpoint(resume_from, weights_only=False)
-
-    val_loss, usage = evaluate(module, dm.eval_dataloader())  # every rank scores its share
+    try:  # Ctrl-C here is an interrupted run (exit 130, the rerun evaluates it), never a completed one
+        if sharded:  # one file with the full weights and optimizer state, which anything loads as any checkpoint
+            with strategy.consolidated():
+                trainer.save_checkpoint(resume_from, weights_only=False)
+        loader = dm.eval_dataloader()
+        log.info("final evaluation: the whole validation split, %d batches on this rank", len(loader))
+        val_loss, usage = evaluate(module, loader)  # every rank scores its share
+    except BaseException as exc:
+        record_failure(exc, "final evaluation")
+        raise
     if not trainer.is_global_zero:
         return results
     final = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)), **usage,
@@ -294,7 +303,8 @@ def summary(results: dict) -> str:
         f"(ppl {results['final_val_ppl']:.2f}) in {results['wall_time_s']:.0f} s",
         f"  results:     {results['run_dir']}/{RESULTS}",
         f"  metrics:     {results['csv']}",
-        f"  checkpoints: {results['checkpoints']['last']} (best: {results['checkpoints']['best']})",
+        f"  checkpoints: {results['checkpoints']['last']}"
+        + (f" (best: {results['checkpoints']['best']})" if results["checkpoints"].get("best") else ""),
         f"  logs:        {results['run_dir']}/train.log",
     ]
     if results.get("wandb_dir"):

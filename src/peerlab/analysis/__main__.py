@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from peerlab.analysis import figures, tables
 from peerlab.analysis.collect import check_same_data, collect
@@ -71,12 +70,12 @@ def check_ablation(runs, key: str, series: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peerlab.cli import ArgumentParser
+    from peerlab.cli import ArgumentParser, output_folder
 
     ap = ArgumentParser(prog="python -m peerlab.analysis", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", help="folders searched (recursively) for results.json")
-    ap.add_argument("--out", required=True, type=Path, help="where figures and tables are written")
+    ap.add_argument("--out", required=True, type=output_folder, help="where figures and tables are written")
     ap.add_argument("--ablation", help="config key on the x-axis of an ablation (e.g. layer.n_experts)")
     ap.add_argument("--series", help="config key that splits an ablation into series (e.g. layer.query_norm)")
     ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
@@ -89,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.baseline is not None and not args.ablation:
         ap.error("--baseline needs --ablation")
+    if args.series is not None and not args.ablation:
+        ap.error(f"--series {args.series}: needs --ablation (series split an ablation's x-axis)")
     try:
         where = [parse_where(w) for w in args.where]
     except ValueError as exc:

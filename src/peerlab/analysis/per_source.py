@@ -15,7 +15,6 @@ import argparse
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from peerlab.analysis.collect import Run, check_same_data, collect
 from peerlab.analysis.scaling import z_score
@@ -74,9 +73,11 @@ def table(losses: dict[Point, list[dict[str, float]]], base: str = "ffw") -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from peerlab.cli import ArgumentParser, output_file
+
+    ap = ArgumentParser(prog="python -m peerlab.analysis.per_source", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", help="folders searched (recursively) for results.json")
-    ap.add_argument("--out", required=True, type=Path, help="the markdown table written")
+    ap.add_argument("--out", required=True, type=output_file, help="the markdown table written")
     ap.add_argument("--min-seeds", type=int, default=3, help="sweep points with at least this many seeds are scored")
     args = ap.parse_args(argv)
     if args.min_seeds < 1:

@@ -25,4 +25,6 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"activation={name!r} is not supported; allowed: {sorted(ACTIVATIONS)}") from None
+        from peerlab.mixers.base import MixerConfigError
+
+        raise MixerConfigError(f"activation={name!r}: allowed: {', '.join(ACTIVATIONS)}") from None

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("sweep_dir")
     st.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS until all are done")
     args = parser.parse_args(argv)
+    if args.watch < 0:
+        parser.error(f"--watch={args.watch:g}: must be >= 0 seconds (0: print once)")
     try:
         while True:
             found = status.sweep_points(args.sweep_dir)
