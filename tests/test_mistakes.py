@@ -24,6 +24,20 @@ TRAIN = [
     (["data.files=/no/such.txt", "data.sources=[]"], "data.files='/no/such.txt': file does not exist"),
     (["layer=peer", "layer.n_experts=1000"], "layer.n_experts=1000: must be a perfect square"),
     (["-cn", "nope"], "-cn nope: no nope.yaml in"),
+    (["trainer.precision=bf16-true"], "trainer.precision='bf16-true': allowed: 32-true, bf16-mixed, 16-mixed, 64-true"),
+    (["trainer.precision=16-true"], "trainer.precision='16-true': allowed: "),
+    (["trainer.precision=bf17"], "trainer.precision='bf17': allowed: "),
+    (["trainer.precision=transformer-engine"], "trainer.precision='transformer-engine': allowed: "),
+    (["trainer=fsdp", "trainer.precision=16-mixed"], "trainer.precision='16-mixed': trainer=fsdp takes 32-true, bf16-mixed"),
+    (["optim.betas=[0.9]"], "optim.betas=[0.9]: must be two numbers in [0, 1)"),
+    (["optim.betas=[0.9,1.5]"], "optim.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
+    (["optim.eps=0"], "optim.eps=0.0: must be > 0"),
+    (["layer=peer", "layer.activation=tanh"], "layer.activation='tanh': allowed: gelu, relu, silu, identity"),
+    (["model.activation=tanh"], "model.activation='tanh': allowed: gelu, relu, silu, identity"),
+    (["out_dir=/etc/hostname"], "out_dir='/etc/hostname': is a file, not a folder"),
+    (["out_dir=/etc/hostname/runs"], "out_dir='/etc/hostname/runs': cannot be made: /etc/hostname is a file"),
+    (["out_dir=" + "x" * 300], "out_dir='xxxx"),
+    (["run_name=" + "y" * 300], "run_name="),
 ]
 
 
@@ -82,6 +96,12 @@ ARGPARSE = [
     ("peerlab.sweeps", ["status", "DIR"], "error: DIR: not a sweep folder (no multirun.yaml"),
     ("peerlab.sweeps", [], "error: the following arguments are required: command"),
     ("peerlab.plan", ["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
+    ("peerlab.analysis", ["DIR", "--out", "OUT", "--series", "layer.name"], "error: --series layer.name: needs --ablation"),
+    ("peerlab.analysis", ["DIR", "--out", "/etc/hostname"], "error: argument --out: '/etc/hostname' is a file, not a folder"),
+    ("peerlab.analysis.per_source", ["DIR", "--out", "DIR"], "error: argument --out: 'DIR' is a folder; give a file name"),
+    ("peerlab.demo", ["--out", "/etc/hostname/demo"], "error: argument --out: '/etc/hostname/demo' cannot be made"),
+    ("peerlab.dashboard", ["DIR", "--out", "DIR"], "error: argument --out: 'DIR' is a folder; give a file name"),
+    ("peerlab.sweeps", ["status", "DIR", "--watch", "-1"], "error: --watch=-1: must be >= 0 seconds"),
 ]
 
 
@@ -123,3 +143,7 @@ def test_a_sweep_points_checkpoint_path_is_taken_as_it_is(tmp_path):
     assert quote_paths([f"ckpt={ckpt}", "eval_sets=[embedded,c4]", "-m"]) == [f"ckpt='{ckpt}'", "eval_sets=[embedded,c4]", "-m"]
     missing = f"ckpt={tmp_path}/a=b/last.ckpt"
     assert quote_paths([missing]) == [missing]  # not there: Hydra's own grammar error stands
+    long = "out_dir=" + "x" * 300  # too long for a path: no OSError from asking whether it exists
+    assert quote_paths([long]) == [long]
+    assert quote_paths(["prompt=héllo wörld 你好"]) == ["prompt='héllo wörld 你好'"]  # Hydra reads non-ASCII quoted only
+    assert quote_paths(["prompt=plain words"]) == ["prompt=plain words"]

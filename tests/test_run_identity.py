@@ -120,3 +120,26 @@ def test_an_interrupted_run_from_before_fingerprints_resumes_and_records_its_dat
     assert run_folder.read_data(tmp_path / "old") == fingerprint
     with pytest.raises(ConfigError, match=r"other data .*\(tokens: 'x' there, 'y' here\)"):
         run_folder.check_data(tmp_path / "old", cfg, {**fingerprint, "tokens": "y"})
+
+
+def test_a_key_added_or_removed_is_another_config_even_with_a_null_value():
+    old = {"optim": {"lr": 0.002}, "model": {"d_model": None}}
+    assert run_folder.differences(old, {"optim": {"lr": 0.002, "fused": None}, "model": {"d_model": None}}) == [
+        ("optim.fused", run_folder.ABSENT, None)]
+    assert run_folder.differences(old, {"optim": {"lr": 0.002}, "model": {}}) == [("model.d_model", None, run_folder.ABSENT)]
+    assert run_folder.differences(old, {"optim": {"lr": 0.002}}) == [("model", {"d_model": None}, run_folder.ABSENT)]
+    assert run_folder.differences(old, old) == []
+
+
+def test_a_folder_holding_a_run_whose_config_lacks_a_key_refuses_a_config_that_has_it(compose, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = compose(f"out_dir={tmp_path}", "run_name=k")
+    folder = tmp_path / "k"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_text("")
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["layer"]["activation"]  # a key (with a value) that the saved run did not have
+    OmegaConf.save(OmegaConf.create(saved), folder / run_folder.RUN_CONFIG)
+    with pytest.raises(ConfigError, match=r"another config \(layer.activation: \(no such key\) there, 'gelu' here\)"):
+        run_folder.settle(folder, cfg)

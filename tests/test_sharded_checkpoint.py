@@ -32,6 +32,30 @@ def test_a_crafted_metadata_is_refused_before_anything_runs(tmp_path):
         read_metadata(folder)
 
 
+class _AllowedModuleOtherName:
+    """A global from a module the allow-list names (torch.serialization), under another name: ``torch.save``
+    would write a file where the crafted checkpoint says. An allow-list by module would let it through."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        import torch
+
+        return (torch.save, ({"pwned": 1}, self.target))
+
+
+def test_a_global_of_an_allowed_module_under_another_name_is_refused(tmp_path):
+    folder = tmp_path / "last.ckpt"
+    folder.mkdir()
+    payload = pickle.dumps(_AllowedModuleOtherName(tmp_path / "written"))
+    assert b"torch.serialization" in payload  # the module is one the allow-list names
+    (folder / ".metadata").write_bytes(payload)
+    with pytest.raises(UnsafeCheckpoint, match=r"refers to torch\.serialization\.save"):
+        read_metadata(folder)
+    assert not (tmp_path / "written").exists()
+
+
 def write_folder(path, tag: str) -> None:
     path.mkdir()
     (path / "__0_0.distcp").write_text(tag)

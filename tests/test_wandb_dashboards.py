@@ -95,9 +95,15 @@ def test_the_dashboard_names_only_keys_the_runs_recorded(sweep, capsys):
         assert key in needed, key
     panels = re.findall(r'"(?:xAxis|yAxis)": "summary:([^"]+)"', json.dumps(spec["workspaces"][0]))
     assert panels == ["params_dense_backbone", "final/val/loss"]  # the isoFLOP scatter, log x
-    budgets = [f["value"] for f in spec["workspaces"][1]["spec"]["section"]["runSets"][0]["filters"]["filters"]
-               if f["key"]["name"] == "budget"]
+    filters = spec["workspaces"][1]["spec"]["section"]["runSets"][0]["filters"]["filters"]
+    budgets = [f["value"] for f in filters if f["key"]["name"] == "budget"]
     assert budgets == [8e9]
+    # the view's Group and JobType filters select these very runs, as their own .wandb files record them
+    recorded = {(i["group"], i["job_type"]) for i in (wandb_offline.run_info(r["wandb_dirs"][0]) for r in results(sweep))}
+    by_key = {f["key"]["name"]: f["value"] for f in filters}
+    assert recorded == {(by_key["group"], by_key["jobType"])}
+    report = json.dumps(spec["report"])
+    assert f"Metric('Group') = '{by_key['group']}' and Metric('JobType') = 'train'" in report
 
 
 def test_preview_draws_every_panel_of_each_view(sweep, capsys):

@@ -382,6 +382,13 @@ def validate(cfg: DictConfig) -> None:
 
     problem = output_problem(cfg.out_dir)
     _require(problem is None, "out_dir", cfg.out_dir, problem or "")
+    if not OmegaConf.is_missing(cfg, "run_name"):
+        name = str(cfg.run_name)
+        _require(all(len(part.encode()) <= 255 for part in Path(name).parts) and name not in ("", ".", ".."),
+                 "run_name", name if len(name) < 80 else name[:77] + "...",
+                 "must be a folder name of at most 255 bytes per path part")
+        problem = output_problem(Path(str(cfg.out_dir)).expanduser() / name)
+        _require(problem is None, "run_name", name, problem or "")
 
 
 def output_problem(value: Any, file: bool = False) -> str | None:

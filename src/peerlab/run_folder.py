@@ -83,12 +83,23 @@ def with_added_keys(saved: DictConfig) -> DictConfig:
     return saved
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "(no such key)"
+
+
+ABSENT = _Absent()  # the value a refusal shows for a key one config has and the other lacks
+
+
 def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, old value, new value)`` of every leaf that differs."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
-            out += differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            if (key in old) != (key in new):  # a key added or removed, even one whose value is null
+                out.append((f"{prefix}{key}", old.get(key, ABSENT), new.get(key, ABSENT)))
+                continue
+            out += differences(old[key], new[key], f"{prefix}{key}.")
         return out
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 

@@ -87,6 +87,7 @@ def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:
     """The paper's Figure 1: final validation loss against model size, one panel per budget, each method's fitted
     parabola where it was fitted and its optimum starred."""
     budgets = sorted({o.budget for o in opts})
+    kinds: set[bool] = set()  # which kinds of optimum were drawn: True a parabola's vertex, False the best observed
     fig, axes = _grid(len(budgets))
     for ax, budget in zip(axes, budgets, strict=True):
         for o in (o for o in opts if o.budget == budget):
@@ -98,12 +99,21 @@ def isoflop_curves(runs: list[Run], opts: list[Optimum], path: Path) -> None:
                 window = o.sizes[fit_window(o.losses)]  # the parabola only where it was fitted
                 xs = np.linspace(np.log10(min(window)), np.log10(max(window)), 100)
                 ax.plot(10**xs, np.polyval(o.coef, xs), color=color, lw=1)
-            ax.scatter([o.size], [o.loss], color=color, marker="*", s=150, edgecolor="k", zorder=5)
+            vertex = o.coef is not None and o.interior
+            kinds.add(vertex)
+            ax.scatter([o.size], [o.loss], color=color if vertex else "white", marker="*", s=150,
+                       edgecolor=color if not vertex else "k", linewidths=1.5, zorder=5)
         _params_axis(ax)
         ax.set_xlabel("model size: parameters of the dense backbone", fontsize=LABEL)
         ax.set_ylabel("final validation loss (nats)", fontsize=LABEL)
         ax.set_title(f"{sci(budget)} FLOPs", fontsize=TITLE)
-    axes[0].scatter([], [], marker="*", s=150, color="white", edgecolor="k", label="optimum (parabola vertex)")
+    # say what each star is: a fitted parabola's vertex, or (no parabola, or its vertex outside the sizes) the best
+    # observed size
+    if True in kinds:
+        axes[0].scatter([], [], marker="*", s=150, color="gray", edgecolor="k", label="optimum (parabola vertex)")
+    if False in kinds:
+        axes[0].scatter([], [], marker="*", s=150, color="white", edgecolor="gray", linewidths=1.5,
+                        label="best observed size (no parabola vertex)")
     fig.suptitle("isoFLOP curves: final validation loss against model size at each budget", fontsize=TITLE + 1)
     _legend_outside(fig, axes)
     fig.tight_layout()
@@ -141,12 +151,15 @@ def draw_curves(curves: list[tuple[str, str, Path]], path: Path, title: str, ax=
     if own:
         fig, ax = plt.subplots(figsize=(7, 4.2))
     linestyles = ["-", "--", ":", "-."]
+    xs: list[float] = []
     for i, (label, method, run_dir) in enumerate(curves):
         rows, final = run_curve(run_dir)
         color = _style(method)[0]
         ls = linestyles[i // max(1, len(STYLE)) % len(linestyles)]
-        if rows:
-            ax.plot(*zip(*rows, strict=True), color=color, ls=ls, lw=1.4, label=label)
+        if rows:  # one periodic validation is a point, not a line of length zero
+            ax.plot(*zip(*rows, strict=True), color=color, ls=ls, lw=1.4, label=label,
+                    marker="." if len(rows) == 1 else None, ms=8)
+        xs += [x for x, _ in rows] + ([final[0]] if final else [])
         if final:
             ax.scatter(*final, color=color, marker=_style(method)[1], s=40, edgecolor="k", zorder=5,
                        label=None if rows else label)
@@ -157,6 +170,8 @@ def draw_curves(curves: list[tuple[str, str, Path]], path: Path, title: str, ax=
     ax.set_ylabel("validation loss (nats)", fontsize=LABEL)
     ax.set_title(title, fontsize=TITLE)
     ax.margins(x=0.12)
+    if xs and max(xs) < 1.5 * min(xs):  # final points only, at nearly one budget: a decade around them, not 0.3%
+        ax.set_xlim(min(xs) / 3, max(xs) * 3)
     if own:
         _key_entries(ax)
         ax.legend(fontsize=LEGEND, loc="upper right", frameon=False)
