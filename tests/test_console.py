@@ -49,6 +49,7 @@ def test_startup_states_each_fact_once_and_shows_a_budget_progress_bar(tmp_path,
     final = bars[-1]
     steps = re.match(r"train (\d+)/(\d+) steps", final)
     assert steps and steps.group(1) == steps.group(2), final  # the progress ends at max_steps
+    assert sum(b.startswith(f"train {steps.group(2)}/{steps.group(2)} steps") for b in bars) == 1, bars  # once
     assert [int(re.match(r"train (\d+)/", b).group(1)) for b in bars] == sorted(int(re.match(r"train (\d+)/", b).group(1)) for b in bars)
     for part in ("budget ", " tok · loss ", "val ", "tok/s", " elapsed, 00:00 left"):
         assert part in final, final
@@ -104,3 +105,51 @@ def test_progress_postfix():
     text = describe({"budget%": 42.123, "train/loss": 5.4123, "val/loss": 5.44, "tok/s": 2345.0}, 1_080_000)
     assert text == "budget 42.1% · 1.08M tok · loss 5.412 · val 5.440 · 2.35k tok/s"
     assert describe({}, 12) == "12 tok"
+
+
+def test_a_rank_above_zero_keeps_the_console_for_warnings_and_its_log_for_everything(tmp_path):
+    import io
+    import logging
+
+    from peerlab.console import one_log_per_rank
+
+    root = logging.getLogger()
+    console_text = io.StringIO()
+    console = logging.StreamHandler(console_text)
+    shared = logging.FileHandler(tmp_path / "train.log")
+    root.addHandler(console)
+    root.addHandler(shared)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        one_log_per_rank(1)
+        logging.getLogger("peerlab.train").info("run dir: somewhere")
+        logging.getLogger("peerlab.train").warning("a warning of rank 1")
+        assert "run dir" not in console_text.getvalue() and "a warning of rank 1" in console_text.getvalue()
+        for h in root.handlers:
+            h.flush()
+        assert "run dir: somewhere" in (tmp_path / "train.rank1.log").read_text()
+    finally:
+        root.setLevel(level)
+        for h in [h for h in root.handlers if h is console or (isinstance(h, logging.FileHandler)
+                                                               and str(tmp_path) in h.baseFilename)]:
+            root.removeHandler(h)
+            h.close()
+
+
+def test_lightnings_model_registry_tip_and_the_resume_folder_warning_are_dropped():
+    import logging
+    import warnings
+
+    from peerlab.console import quiet_third_party
+
+    quiet_third_party()
+    record = logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, __file__, 1,
+                               "💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels](x)", None, None)
+    assert not logging.getLogger("lightning.pytorch.utilities.rank_zero").filter(record)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("default")  # what the test runner set aside, quiet_third_party sets again
+        quiet_third_party()
+        warnings.warn("Checkpoint directory /r/checkpoints exists and is not empty.", UserWarning, stacklevel=1)
+        warnings.warn("something else of ours", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else of ours"]

@@ -102,8 +102,19 @@ def test_the_dashboard_names_only_keys_the_runs_recorded(sweep, capsys):
     recorded = {(i["group"], i["job_type"]) for i in (wandb_offline.run_info(r["wandb_dirs"][0]) for r in results(sweep))}
     by_key = {f["key"]["name"]: f["value"] for f in filters}
     assert recorded == {(by_key["group"], by_key["jobType"])}
-    report = json.dumps(spec["report"])
-    assert f"Metric('Group') = '{by_key['group']}' and Metric('JobType') = 'train'" in report
+    def run_sets(node):
+        if isinstance(node, dict):
+            yield from node.get("runSets", [])
+            for v in node.values():
+                yield from run_sets(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from run_sets(v)
+
+    report_filters = [{f["key"]["name"]: f["value"] for f in rs["filters"]["filters"]} for rs in run_sets(spec["report"])]
+    train_sets = [f for f in report_filters if f.get("jobType") == "train"]
+    assert train_sets and all(f["group"] == by_key["group"] for f in train_sets)
+    assert {(f["group"], f["jobType"]) for f in report_filters} == {(by_key["group"], "train"), (by_key["group"], "analysis")}
 
 
 def test_preview_draws_every_panel_of_each_view(sweep, capsys):

@@ -30,6 +30,7 @@ from pathlib import Path
 # (logger name, message pattern) of the Lightning INFO records that are dropped.
 LIGHTNING_NOISE = (
     ("lightning.pytorch.utilities.rank_zero", re.compile(r"💡 Tip: .*litlogger")),
+    ("lightning.pytorch.utilities.rank_zero", re.compile(r"💡 Tip: .*litmodels")),
     ("lightning.pytorch.utilities.rank_zero", re.compile(r"^(GPU|TPU|HPU) available: ")),
     ("lightning.pytorch.utilities.rank_zero", re.compile(r"^`Trainer\.fit` stopped: `max_steps=\d+` reached")),
 )
@@ -45,6 +46,9 @@ WARNING_NOISE = (
     # The validation loss and usage that peerlab logs on epoch level are already summed over ranks by peerlab.
     (r"It is recommended to use `self\.log\('(val/[\w/]+|flops|tokens)', \.\.\., sync_dist=True\)`", UserWarning,
      r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.result"),
+    # best.ckpt's folder holds the run's own last.ckpt whenever a run resumes: the run folder's rules
+    # (peerlab.run_folder) already decided that what is there is this run's
+    (r"Checkpoint directory .*checkpoints exists and is not empty", UserWarning, r""),
 )
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
@@ -81,10 +85,13 @@ def quiet_third_party() -> None:
 def one_log_per_rank(rank: int) -> None:
     """Hydra gives every process of a job the same ``train.log`` (or, under Lightning's own launcher, its own
     ``train_ddp_process_<r>.log``); a rank above 0 writes ``train.rank<r>.log`` beside it instead, so that ranks never
-    interleave lines in one file and every rank's log has the same name in every launcher."""
+    interleave lines in one file and every rank's log has the same name in every launcher. On the console a rank
+    above 0 shows warnings and errors only: the start-up facts are rank 0's to say."""
     if rank == 0:
         return
     root = logging.getLogger()
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        handler.setLevel(max(handler.level, logging.WARNING))  # rank 0 states the run's facts on the console, once
     for handler in [h for h in root.handlers if type(h) is logging.FileHandler]:
         path = Path(handler.baseFilename)
         if path.stem.endswith(f".rank{rank}"):

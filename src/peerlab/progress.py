@@ -123,11 +123,12 @@ class BudgetProgressBar(ProgressBar):
         if self.bar is None:
             return
         step = trainer.global_step
-        if step - self.bar.n >= self.refresh_steps or step >= trainer.max_steps:
+        # the last step's line is on_train_end's, after the last validation: one line, with its loss
+        if step - self.bar.n >= self.refresh_steps and step < trainer.max_steps:
             self._refresh(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.bar is not None and trainer.state.fn == "fit":
+        if self.bar is not None and trainer.state.fn == "fit" and trainer.global_step < trainer.max_steps:
             self._refresh(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
