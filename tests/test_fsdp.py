@@ -50,7 +50,8 @@ def test_fsdp_trains_what_ddp_trains(mixers, layer):
 @pytest.mark.parametrize("layer", ["peer-layernorm", "pkm-layernorm", "ffw", "moe_tc", "memory_plus"])
 def test_fsdp_trains_what_one_process_trains_on_the_whole_batch(mixers, layer):
     r = mixers[layer]  # no per-rank statistics: LayerNorm queries, or no query norm at all
-    assert r["fsdp"] == pytest.approx(r["single"], abs=1e-5, rel=0)
+    # measured: at most 4.8e-7 apart (experiments/results/fsdp/agreement.md): 4x that
+    assert r["fsdp"] == pytest.approx(r["single"], abs=2e-6, rel=0)
 
 
 @pytest.mark.parametrize("layer", MIXERS)
@@ -144,7 +145,15 @@ def test_sigterm_resumes_a_sharded_run_bit_identically(trained, tmp_path):
         deadline = time.time() + 300
         while not (ckpt / "meta.pt").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
+        def logged() -> int:
+            try:
+                return len(rows(tmp_path / "r", "train/loss"))
+            except (OSError, ValueError, KeyError):  # not written yet, or a row being written
+                return 0
+
+        saved = logged()
+        while logged() < saved + 2 and proc.poll() is None and time.time() < deadline:  # two steps past it, as logged
+            time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be interrupted: raise the budget"
         proc.send_signal(signal.SIGTERM)  # to rank 0 only: the ranks agree on the signal at the next step
         _, err = proc.communicate(timeout=300)

@@ -31,7 +31,13 @@ def test_sampling_is_a_pure_function_of_the_seed(tiny_run):
     assert sample(model, prompt, greedy) == sample(model, prompt, Sampling(8, 0, None, seed=99))  # no draws at all
     top1 = sample(model, prompt, Sampling(max_new_tokens=8, top_k=1, seed=5))
     assert top1 == sample(model, prompt, greedy)  # top_k=1 is greedy
-    assert isinstance(complete(model, tokenizer, "", Sampling(max_new_tokens=4)), str)  # from end-of-text
+    # from end-of-text: the text of the 4 tokens drawn after it, as the tokenizer decodes them
+    from_eot = complete(model, tokenizer, "", Sampling(max_new_tokens=4, seed=7))
+    from peerlab.data.tokenizer import eot_id
+
+    drawn = sample(model, [eot_id(tokenizer)], Sampling(max_new_tokens=4, seed=7), stop=eot_id(tokenizer))
+    assert len(drawn) <= 4 and from_eot == tokenizer.decode(drawn) and from_eot != complete(
+        model, tokenizer, "The history of", Sampling(max_new_tokens=4, seed=7))
 
 
 def test_generate_py_prints_the_continuation(tiny_run, tmp_path):

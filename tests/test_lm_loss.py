@@ -45,7 +45,11 @@ def test_chunked_loss_without_gradients_and_the_threshold():
     t = torch.randint(0, 30, (50,), generator=gen)
     with torch.no_grad():
         torch.testing.assert_close(lm_loss(h, w, t, 7), lm_loss(h, w, t, 0), rtol=1e-6, atol=0)
-    assert lm_loss(h, w, t, 50).grad_fn is None  # no chunks at or above the micro-batch: the whole loss's path
+    h, w = h.requires_grad_(), w.requires_grad_()
+    # no chunks at or above the micro-batch: the whole loss's path; below it, the chunked function
+    assert "ChunkedLoss" not in type(lm_loss(h, w, t, 50).grad_fn).__name__
+    assert "ChunkedLoss" not in type(lm_loss(h, w, t, 0).grad_fn).__name__
+    assert "ChunkedLoss" in type(lm_loss(h, w, t, 49).grad_fn).__name__
 
 
 MODEL = {"name": "t", "depth": 3, "aspect_ratio": 32, "head_dim": 16, "d_model": 48, "ffw_mult": 4.0,

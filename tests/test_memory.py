@@ -38,13 +38,15 @@ def test_parameter_and_optimizer_bytes_are_exact(layer):
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_saved_activations_match_the_saved_tensor_hooks(layer, precision):
     planned, measured = saved_activations(layer, precision)
-    assert planned == pytest.approx(measured, rel=0.10)
+    # measured: within 0.2% for every mixer and precision (experiments/results/memory/accuracy.md)
+    assert planned == pytest.approx(measured, rel=0.005)
 
 
 @pytest.mark.parametrize("setting", list(PROBE_SETTINGS.values()), ids=list(PROBE_SETTINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_peak_of_a_training_step_matches_the_profiler(layer, setting):
     est, measured = step_peaks(layer, setting)
+    # measured: -9.3% to +16.6% against the profiler, by mixer and setting (experiments/results/memory/accuracy.md)
     assert est.peak == pytest.approx(measured, rel=0.25), est
 
 

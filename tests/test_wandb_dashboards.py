@@ -53,10 +53,20 @@ def test_a_2x2_multirun_is_four_runs_grouped_tagged_and_summarised_on_w_and_b(sw
         assert config["params/active"] == r["params_active"] and config["layer"]["name"] == r["config"]["layer"]["name"]
 
 
-def test_a_single_run_has_no_group():
+def test_a_single_run_has_no_group_and_a_multirun_point_has_its_sweeps(tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
     from peerlab.train import sweep_group
 
-    assert sweep_group() is None  # outside a multirun; logger.wandb.group still sets one
+    assert sweep_group() is None  # outside Hydra; logger.wandb.group still sets one
+    hydra = OmegaConf.create({"mode": RunMode.RUN, "sweep": {"dir": str(tmp_path / "sweeps" / "isoflop_cpu")}})
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra))
+    assert sweep_group() is None  # a single run under Hydra
+    hydra.mode = RunMode.MULTIRUN
+    assert sweep_group() == "isoflop_cpu"  # a sweep's point: the sweep folder's name
 
 
 def dashboard(sweep: Path, *args: str) -> tuple[int, dict | None]:
