@@ -68,3 +68,12 @@ def test_fsdp_shards_states_and_adds_gathered_units():
     assert sharded.params == pytest.approx(single.params / 8, rel=0.01)
     assert sharded.optimizer < single.optimizer / 7
     assert sharded.peak < single.peak
+
+
+@pytest.mark.parametrize("param_bytes,expected", [(4, 4), (2, 6), (8, 8)], ids=["fp32", "bf16", "fp64"])
+def test_fsdp_unsharded_gradients_by_dtype(param_bytes, expected):
+    from peerlab.memory import fsdp_unsharded_grad_bytes
+
+    # bf16 units: a bf16 gradient and its float32 copy for the float32 reduce-scatter; float32 and float64: one copy
+    assert fsdp_unsharded_grad_bytes(1000, param_bytes) == 1000 * expected
+

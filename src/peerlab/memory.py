@@ -198,6 +198,12 @@ def _parts(model: Transformer, ex: Execution) -> list[_Part]:
     return parts
 
 
+def fsdp_unsharded_grad_bytes(elements: int, param_bytes: int) -> int:
+    """A gathered unit's gradients before its reduce-scatter: in the parameters' dtype, plus a float32 copy when that
+    dtype is 16-bit (FSDP2 reduces in float32, ``MixedPrecisionPolicy(reduce_dtype=float32)``)."""
+    return elements * (param_bytes + (4 if param_bytes < 4 else 0))
+
+
 def _fsdp_units(model: Transformer, ex: Execution) -> list[tuple[str, int, int]]:
     """``(name, elements, bytes per gathered element)`` of each ``fully_shard`` unit in forward order after the root
     (see ``peerlab.fsdp``): each full-precision mixer on its own, then each block."""
@@ -255,7 +261,7 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
         prefetch = gathered[order[nxt]] if 0 <= nxt < len(order) else 0
         if not backward:
             return here + prefetch
-        return here + prefetch + sum(n * (b + (4 if b < 4 else 0)) for u, n, b in units if u in names)
+        return here + prefetch + sum(fsdp_unsharded_grad_bytes(n, b) for u, n, b in units if u in names)
 
     def kept(part: _Part) -> int:  # saved until the backward pass: a checkpointed block keeps its input only
         if ex.activation_checkpointing and part.name.startswith("block"):
