@@ -71,6 +71,30 @@ def run_train(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int
     )
 
 
+@pytest.fixture
+def entry(monkeypatch, capsys):
+    """``python <script> <args>`` run in this process, as ``__main__``, for a mistake refused before Hydra starts: the
+    command line's own code path (preflight, the one line, exit status 2) without a new interpreter's seconds of
+    start-up. Returns ``(exit status, stdout, stderr)``. Mistakes found once Hydra runs need a subprocess
+    (``run_train``): Hydra would configure this process's logging."""
+    import runpy
+    import sys
+
+    def _entry(script: str, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("PEERLAB_MALLOPT", "0")  # the entry point would re-execute this very process
+        monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
+        capsys.readouterr()
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return _entry
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cache_dir) -> dict:
     """One tiny PEER run for the whole test session (its results.json), for tests that need a trained checkpoint."""

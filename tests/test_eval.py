@@ -81,16 +81,23 @@ def test_eval_table_from_local_files(checkpoint, eval_files, tmp_path):
     assert math.log(ppl) == pytest.approx(checkpoint["final_val_loss"], rel=1e-4)
 
 
-def test_eval_errors_are_one_line(checkpoint, tmp_path):
+def test_eval_errors_are_one_line(checkpoint, tmp_path, entry):
+    # refused before Hydra starts: eval.py's __main__ in this process
     for args, message in [
         (["ckpt=/no/such.ckpt"], "error: ckpt='/no/such.ckpt': no such checkpoint file"),
-        ([f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[pile]"], "error: eval set 'pile' has no hub source"),
         ([f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[wiki]"], "error: eval_sets: 'wiki' is not an evaluation set"),
+        ([f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=embedded", "out_dir=/etc/hostname"],
+         "error: out_dir='/etc/hostname': is a file, not a folder"),
     ]:
-        proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), *args, f"out_dir={tmp_path}"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr
+        code, _, err = entry("eval.py", *args, *(() if any(a.startswith("out_dir=") for a in args) else (f"out_dir={tmp_path}",)))
+        assert code == 2 and message in err, err[-2000:]
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # found once the run has started (the set has no source): the real command line
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={checkpoint['checkpoints']['last']}",
+                           "eval_sets=[pile]", f"out_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "error: eval set 'pile' has no hub source" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def _eval(*args, cwd):
@@ -98,7 +105,7 @@ def _eval(*args, cwd):
                           timeout=600)
 
 
-def test_unknown_keys_are_one_line_listing_the_allowed_keys(checkpoint, tmp_path):
+def test_unknown_keys_are_one_line_listing_the_allowed_keys(checkpoint, tmp_path, entry):
     ckpt = f"ckpt={checkpoint['checkpoints']['last']}"
     for arg, message in [
         ("foo=1", "error: foo=1: unknown key of eval.py; allowed: batch_size, ckpt, data, eval_sets, hf_cache_dir, "
@@ -108,9 +115,9 @@ def test_unknown_keys_are_one_line_listing_the_allowed_keys(checkpoint, tmp_path
         ("sets.c5.path=/x", "error: sets.c5.path=/x: unknown key of eval.py; allowed under sets: c4, curation, lambada, pile, wikitext"),
         ("data.files=[a]", "error: data.files=[a]: unknown key of eval.py; allowed under data: path"),
     ]:
-        proc = _eval(ckpt, arg, f"out_dir={tmp_path}", cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert proc.stderr.strip() == message, proc.stderr[-2000:]
+        code, _, err = entry("eval.py", ckpt, arg, f"out_dir={tmp_path}")
+        assert code == 2, err[-2000:]
+        assert err.strip() == message, err[-2000:]
 
 
 def test_c4_location_from_data_path_or_from_the_checkpoint(checkpoint, eval_files, tmp_path):

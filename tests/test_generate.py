@@ -59,8 +59,8 @@ def test_generate_py_prints_the_continuation(tiny_run, tmp_path):
     (["ckpt=x.ckpt", "tempreature=1"], "error: tempreature=1: unknown key of generate.py"),
     (["ckpt=x.ckpt", "+tempreature=1"], "error: tempreature=1: unknown key of generate.py"),
 ])
-def test_generate_mistakes_are_one_line(tmp_path, args, expected):
-    proc = subprocess.run([sys.executable, str(ROOT / "generate.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.startswith(expected), proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_generate_mistakes_are_one_line(tmp_path, entry, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = entry("generate.py", *args)
+    assert code == 2 and err.startswith(expected), err
+    assert len(err.strip().splitlines()) == 1

@@ -78,10 +78,17 @@ def test_a_point_nothing_fits_says_how_much_it_needs():
     (["-cd", "experiments", "-cn", "nope"], "-cn nope: no nope.yaml in experiments"),
     (["budget=abc"], "error: "),
 ])
-def test_mistakes_are_one_line(args, expected):
-    proc = plan(*args, check=False)
-    assert proc.returncode == 2 and expected in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
+def test_mistakes_are_one_line(args, expected, capsys, monkeypatch):
+    from peerlab.plan import main
+
+    monkeypatch.chdir(ROOT)  # -cd experiments, as from the repository's root
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
 def test_a_training_run_on_a_gpu_too_small_is_refused_with_what_fits(compose, monkeypatch):

@@ -4,12 +4,9 @@ and outputs and gradients match an fp32 run (tolerances below, with what sets th
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from conftest import TINY, run_train
 from peerlab.mixers.peer import PEER
 from peerlab.mixers.pkm import PKM
 
@@ -82,15 +79,14 @@ def test_triton_kernels_take_bf16_activations_with_fp32_tables():
 
 @pytest.mark.parametrize("layer", [["layer=peer_small", "layer.n_experts=1024", "layer.d_key=16"],
                                    ["layer=pkm_small", "layer.n_memories=1024", "layer.d_key=16"]], ids=["peer", "pkm"])
-def test_bf16_mixed_training_follows_fp32(tmp_path, cache_dir, layer):
+def test_bf16_mixed_training_follows_fp32(tmp_path, compose, layer):
     """Lightning ``precision=bf16-mixed`` end to end (LazyAdamW with sparse rows, sparse-aware clipping): the
     attention and dense FFWs run in bf16, so losses differ from fp32 by bf16 rounding, not more."""
-    common = [*TINY, *layer, "budget=2e10", f"out_dir={tmp_path}", "logger=csv"]
-    runs = {}
-    for precision in ("32-true", "bf16-mixed"):
-        proc = run_train(*common, f"trainer.precision={precision}", f"run_name={precision}", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[precision] = json.loads((tmp_path / precision / "results.json").read_text())
+    from peerlab.train import run
+
+    common = [*layer, "budget=2e10", f"out_dir={tmp_path}", "logger=csv"]
+    runs = {precision: run(compose(*common, f"trainer.precision={precision}", f"run_name={precision}"))
+            for precision in ("32-true", "bf16-mixed")}
     fp32, bf16 = runs["32-true"], runs["bf16-mixed"]
     assert fp32["steps"] == bf16["steps"] >= 80
     # measured: 0.0021 nats (PEER) and 0.0001 (PKM) after 96 steps

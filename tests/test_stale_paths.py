@@ -13,7 +13,7 @@ from peerlab.train import run
 
 
 def test_ctrl_c_in_the_final_evaluation_is_an_interrupted_run_exit_130_and_the_rerun_completes(tmp_path, cache_dir):
-    args = [sys.executable, str(ROOT / "train.py"), *TINY, "budget=1e8", f"out_dir={tmp_path}", "run_name=r",
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, "budget=2e8", f"out_dir={tmp_path}", "run_name=r",
             "logger=csv", "data.seq_len=8", "data.batch_size=4"]  # many small validation batches: a second or more
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # the run says when its final evaluation starts: no sleep races it
