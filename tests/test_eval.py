@@ -100,9 +100,22 @@ def test_eval_errors_are_one_line(checkpoint, tmp_path, entry):
     assert "Traceback" not in proc.stderr
 
 
-def _eval(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+def _eval_here(*args: str) -> tuple[int, str]:
+    """eval.py's work in this process, on its config composed as eval.py composes it: ``(exit status, error line)``."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIGS
+    from peerlab.errors import USER_ERRORS
+    from peerlab.evaluate import run_eval, validate_eval
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=list(args))
+    try:
+        validate_eval(cfg)
+        run_eval(cfg)
+    except USER_ERRORS as exc:
+        return 2, f"error: {exc}"
+    return 0, ""
 
 
 def test_unknown_keys_are_one_line_listing_the_allowed_keys(checkpoint, tmp_path, entry):
@@ -126,25 +139,24 @@ def test_c4_location_from_data_path_or_from_the_checkpoint(checkpoint, eval_file
     from peerlab.checkpointing import load_checkpoint_dict
 
     last = checkpoint["checkpoints"]["last"]
-    by_sets = _eval(f"ckpt={last}", "eval_sets=[c4]", f"sets.c4.path={eval_files}", f"out_dir={tmp_path / 'a'}", "name=x",
-                    cwd=tmp_path)
-    by_alias = _eval(f"ckpt={last}", "eval_sets=[c4]", f"data.path={eval_files}", f"out_dir={tmp_path / 'b'}", "name=x",
-                     cwd=tmp_path)
-    assert by_sets.returncode == 0 and by_alias.returncode == 0, by_alias.stderr[-2000:]
+    by_sets = _eval_here(f"ckpt={last}", "eval_sets=[c4]", f"sets.c4.path={eval_files}", f"out_dir={tmp_path / 'a'}", "name=x")
+    by_alias = _eval_here(f"ckpt={last}", "eval_sets=[c4]", f"data.path={eval_files}", f"out_dir={tmp_path / 'b'}", "name=x")
+    assert by_sets[0] == 0 and by_alias[0] == 0, by_alias
     ppl = json.loads((tmp_path / "a" / "results.json").read_text())["x"]["c4"]
     assert json.loads((tmp_path / "b" / "results.json").read_text())["x"]["c4"] == ppl
 
-    clash = _eval(f"ckpt={last}", "eval_sets=[c4]", f"data.path={eval_files}", "sets.c4.path=/elsewhere",
-                  f"out_dir={tmp_path / 'c'}", cwd=tmp_path)
-    assert clash.returncode == 2 and "error: data.path=" in clash.stderr and "sets.c4.path" in clash.stderr
+    code, err = _eval_here(f"ckpt={last}", "eval_sets=[c4]", f"data.path={eval_files}", "sets.c4.path=/elsewhere",
+                           f"out_dir={tmp_path / 'c'}")
+    assert code == 2 and "error: data.path=" in err and "sets.c4.path" in err
 
     # A checkpoint of a C4 run remembers where its data was: no path needed.
     ckpt = load_checkpoint_dict(last)
     ckpt["peerlab_config"]["data"] = {**ckpt["peerlab_config"]["data"], "kind": "c4", "path": str(eval_files)}
     c4_ckpt = tmp_path / "c4run.ckpt"
     torch.save(ckpt, c4_ckpt)
-    own = _eval(f"ckpt={c4_ckpt}", "eval_sets=[c4]", f"out_dir={tmp_path / 'd'}", "name=x", cwd=tmp_path)
-    assert own.returncode == 0, own.stderr[-2000:]
+    own = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={c4_ckpt}", "eval_sets=[c4]",
+                          f"out_dir={tmp_path / 'd'}", "name=x"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert own.returncode == 0, own.stderr[-2000:]  # the command line, once, end to end
     assert f"c4: the checkpoint's own data.path={eval_files}" in own.stdout
     assert json.loads((tmp_path / "d" / "results.json").read_text())["x"]["c4"] == ppl
 
@@ -158,13 +170,13 @@ def test_embedded_split_scored_per_source(checkpoint, tmp_path):
     whole = set_documents("embedded", {}, module, None, None)
     parts = {s: set_documents(f"embedded:{s}", {}, module, None, None) for s in sources}
     assert all(parts.values()) and sorted(sum(parts.values(), [])) == sorted(whole)
-    proc = _eval(f"ckpt={checkpoint['checkpoints']['last']}", f"eval_sets=[{','.join(f'embedded:{s}' for s in sources)}]",
-                 f"out_dir={tmp_path}", "name=x", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, err = _eval_here(f"ckpt={checkpoint['checkpoints']['last']}",
+                           f"eval_sets=[{','.join(f'embedded:{s}' for s in sources)}]", f"out_dir={tmp_path}", "name=x")
+    assert code == 0, err
     row = json.loads((tmp_path / "results.json").read_text())["x"]
     assert set(row) == {f"embedded:{s}" for s in sources} and len(set(row.values())) == len(sources)
-    proc = _eval(f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[embedded:kjv]", f"out_dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode == 2 and "error: eval_sets: 'embedded:kjv': the checkpoint's validation split has no 'kjv' documents; its sources: lee, wikipedia" in proc.stderr, proc.stderr[-2000:]
+    code, err = _eval_here(f"ckpt={checkpoint['checkpoints']['last']}", "eval_sets=[embedded:kjv]", f"out_dir={tmp_path}")
+    assert code == 2 and "error: eval_sets: 'embedded:kjv': the checkpoint's validation split has no 'kjv' documents; its sources: lee, wikipedia" in err, err
 
 
 def test_rows_are_keyed_by_checkpoint_and_record_the_tokens_they_score(checkpoint, tmp_path):
