@@ -4,8 +4,7 @@ verdict per point against the device, and the smallest change that fits; the che
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,9 +12,25 @@ import torch
 from conftest import ROOT
 
 
-def plan(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "peerlab.plan", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+def plan(*args: str, check: bool = True) -> SimpleNamespace:
+    """``python -m peerlab.plan ARGS`` from the repository's root, run in this process (its main, its output)."""
+    import contextlib
+    import io
+    import os
+
+    from peerlab.plan import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        os.chdir(here)
+    proc = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     if check:
         assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -96,12 +111,78 @@ def test_a_training_run_on_a_gpu_too_small_is_refused_with_what_fits(compose, mo
     from peerlab.plan import _meta_model, check_run
 
     cfg = compose("model=d12", "layer=peer", "tokenizer=gpt2", "data.seq_len=2048", "data.batch_size=16", tiny=False)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 40 * 2**30}))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (40 * 2**30, 40 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a 40 GB GPU")
-    with pytest.raises(ConfigError, match=r"trainer: this run needs about [\d.]+ GiB per GPU, more than the 40 GiB of "
-                                          r"a 40 GB GPU; add data.batch_size=\d+ trainer.accumulate_grad_batches=\d+ "):
+    with pytest.raises(ConfigError, match=r"trainer: this run needs about [\d.]+ GiB per GPU, more than 90% of the 40 "
+                                          r"GiB free of 40 GiB on a 40 GB GPU; add data.batch_size=\d+ "
+                                          r"trainer.accumulate_grad_batches=\d+ "):
         check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=True)
     assert check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=False).peak > 40 * 2**30  # the CPU is not refused
     cfg.trainer.check_memory = False
     check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=True)  # the user's own risk
+
+
+def test_a_run_is_refused_at_the_plans_threshold_against_free_memory(compose, monkeypatch):
+    from peerlab.config import ConfigError
+    from peerlab.plan import _meta_model, check_run
+
+    cfg = compose("model=d12", "layer=peer", "tokenizer=gpt2", "data.seq_len=2048", "data.batch_size=4", tiny=False)
+    peak = check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=False).peak  # the same plan, not checked
+    # the card is larger than the peak, but what is free of it is not enough with the 10% headroom
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(peak / 0.95), 2 * peak))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a shared GPU")
+    with pytest.raises(ConfigError, match=r"more than 90% of the [\d.]+ GiB free of [\d.]+ GiB on a shared GPU"):
+        check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(peak / 0.85), 2 * peak))
+    check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=True)  # within 90% of what is free: it runs
+
+
+def test_small_models_print_their_sizes_and_memory(compose):
+    from peerlab.plan import plan_point, table
+
+    row = plan_point(compose("model=tiny", "budget=1e10"), ["model=tiny"], 80.0, device="cpu")
+    line = table([row]).splitlines()[-1]
+    assert "0.00B" not in line and f"{row['params'] / 1e3:.3g}k" in line
+    assert f"| {row['estimate_gb']:.3g} |" in line and row["estimate_gb"] < 0.1  # GiB with three digits, not 0.0
+
+
+def test_trainer_auto_plans_the_device_a_run_would_take(compose, monkeypatch):
+    from peerlab.plan import device_type
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_type(compose("trainer=default")) == "cpu"  # Lightning's auto on a machine without a GPU
+    assert device_type(compose("trainer=default"), for_a_gpu=True) == "cuda"  # --device-gb: planning for a card
+    assert device_type(compose("trainer.accelerator=gpu"), for_a_gpu=False) == "cuda"
+    assert device_type(compose("trainer.accelerator=cpu"), for_a_gpu=True) == "cpu"
+
+
+def test_the_plan_does_not_depend_on_triton_being_installed_here(monkeypatch):
+    import peerlab.mixers.peer as peer
+    from peerlab.mixers.base import Precision
+
+    with torch.device("meta"):
+        mixer = peer.PEER(d_model=256, n_experts=64**2, heads=4, k=8, d_key=32)
+    plans = []
+    for installed in (True, False):
+        monkeypatch.setattr(peer, "triton_available", lambda installed=installed: installed)
+        plans.append(mixer.activation_memory(4096, Precision(4, 2), "cuda"))
+    assert plans[0] == plans[1]
+
+
+def test_a_suggestion_may_switch_peer_to_its_chunked_path(compose, monkeypatch):
+    import peerlab.plan
+    from peerlab.plan import _meta_model, estimate, execution, model_variants, what_fits
+
+    cfg = compose("model=d24", "layer=peer", "tokenizer=gpt2", "data.seq_len=2048", "data.batch_size=4",
+                  "trainer=fsdp", "trainer.devices=8", "trainer.accumulate_grad_batches=4", "trainer.precision=bf16-mixed",
+                  tiny=False)
+    ex = execution(cfg, "cuda", 8)
+    variants = model_variants(cfg, "cuda")
+    assert [v[0] for v in variants] == [("layer.impl=chunked",)] and model_variants(cfg, "cpu") == []
+    triton = estimate(_meta_model(cfg), ex).peak
+    chunked = estimate(variants[0][1](), ex).peak
+    assert chunked < triton  # one buffer of the used rows' sums, not two
+    monkeypatch.setattr(peerlab.plan, "_candidates", lambda ex: [])  # no change of the step itself to try
+    change, _ = what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2, variants)
+    assert change is not None and change.overrides == ("layer.impl=chunked",) and change.estimate.peak == chunked
+    assert what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2)[0] is None  # without it, nothing fits

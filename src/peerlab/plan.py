@@ -47,8 +47,13 @@ def vocab_size(cfg: DictConfig) -> int:
     return GPT2_VOCAB if cfg.tokenizer.kind == "gpt2" else int(cfg.tokenizer.vocab_size)
 
 
-def device_type(cfg: DictConfig) -> str:
-    return "cpu" if cfg.trainer.accelerator == "cpu" else "cuda"
+def device_type(cfg: DictConfig, for_a_gpu: bool = False) -> str:
+    """Where the point runs: ``trainer.accelerator`` when it names one; ``auto`` is a GPU when one is visible here or
+    the plan is for a card (``--device-gb``), else this machine's CPU, as Lightning would choose."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("cpu", "gpu", "cuda"):
+        return "cpu" if accelerator == "cpu" else "cuda"
+    return "cuda" if for_a_gpu or torch.cuda.is_available() else "cpu"
 
 
 def execution(cfg: DictConfig, device: str, world: int) -> Execution:
@@ -110,18 +115,32 @@ def _candidates(ex: Execution) -> list[tuple[tuple[str, ...], Execution]]:
     return out
 
 
-def what_fits(build, ex: Execution, limit: float) -> tuple[Change | None, Change | None]:
+def what_fits(build, ex: Execution, limit: float, variants=()) -> tuple[Change | None, Change | None]:
     """The first change (in :func:`_candidates`' order) whose peak is at most ``limit`` bytes, and the change with
-    the lowest peak of all (what the point needs at least). ``build()`` makes the model on the meta device."""
+    the lowest peak of all (what the point needs at least). ``build()`` makes the model on the meta device;
+    ``variants``, ``(overrides, build)`` of other models (PEER's chunked path), are tried after every change of how
+    the step runs has failed, alone and then with each of those changes."""
     lowest = None
-    for args, candidate in _candidates(ex):
-        est = estimate(build(), candidate)
-        change = Change(args, est)
-        if est.peak <= limit:
-            return change, change
-        if lowest is None or est.peak < lowest.estimate.peak:
-            lowest = change
+    for model_args, make in (((), build), *variants):
+        for args, candidate in ([((), ex)] if model_args else []) + _candidates(ex):
+            est = estimate(make(), candidate)
+            change = Change((*model_args, *args), est)
+            if est.peak <= limit:
+                return change, change
+            if lowest is None or est.peak < lowest.estimate.peak:
+                lowest = change
     return None, lowest
+
+
+def model_variants(cfg: DictConfig, device: str) -> list:
+    """Models a suggestion may switch to: PEER's chunked path on CUDA (its Triton kernels keep two buffers of the
+    used rows' sums; the chunked path, slower, keeps one)."""
+    from omegaconf import OmegaConf
+
+    if device != "cuda" or cfg.layer.get("impl") not in ("auto", "triton"):
+        return []
+    chunked = OmegaConf.merge(cfg, {"layer": {"impl": "chunked"}})
+    return [(("layer.impl=chunked",), lambda: _meta_model(chunked))]
 
 
 def _meta_model(cfg: DictConfig):
@@ -133,10 +152,24 @@ def gib(x: float) -> float:
     return x / GIB
 
 
-def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device: str | None = None) -> dict:
+def count(n: float) -> str:
+    """134k, 12.3M, 1.27B: a parameter count at any scale (small models printed as 0.00B)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def gb(x: float) -> str:
+    """GiB with three significant digits below 10 (a tiny model's 0.0123, not 0.0), one decimal above."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
+
+
+def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device: str | None = None,
+               for_a_gpu: bool = False) -> dict:
     """One row of the plan: size, budget, memory per device, whether it fits and what would."""
     validate(cfg)
-    device = device or device_type(cfg)
+    device = device or device_type(cfg, for_a_gpu)
     world = world_size(cfg.trainer)  # devices x nodes; "auto" counts the GPUs visible here (one without)
     ex = execution(cfg, device, world)
     model = _meta_model(cfg)
@@ -158,7 +191,7 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
                transients_gb=gib(est.transients), phase=est.phase, fits=est.peak <= limit, notes=list(est.notes))
     row["suggestion"] = None
     if not row["fits"]:
-        change, lowest = what_fits(lambda: _meta_model(cfg), ex, limit)
+        change, lowest = what_fits(lambda: _meta_model(cfg), ex, limit, model_variants(cfg, device))
         if change is not None:
             row["suggestion"] = {"overrides": list(change.overrides), "estimate_gb": gib(change.estimate.peak)}
         else:
@@ -176,14 +209,15 @@ def check_run(build, cfg: DictConfig, world: int, cuda: bool) -> Estimate:
              "%s; python -m peerlab.plan)", gib(est.peak), gib(est.model_states), gib(est.activations),
              gib(est.transients), est.phase)
     if cuda and cfg.trainer.get("check_memory", True):
-        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-        if est.peak > total:
-            change, _ = what_fits(build, ex, HEADROOM * total)
+        free, total = torch.cuda.mem_get_info()  # what this process can still have, not the card's size
+        limit = HEADROOM * free  # the same threshold as the plan's "fits"
+        if est.peak > limit:
+            change, _ = what_fits(build, ex, limit)
             fix = (f"add {' '.join(change.overrides)} ({gib(change.estimate.peak):.3g} GiB)" if change else
                    "no setting of micro-batch, FSDP and activation checkpointing fits it")
-            raise ConfigError(f"trainer: this run needs about {gib(est.peak):.3g} GiB per GPU, more than the "
-                              f"{gib(total):.3g} GiB of {torch.cuda.get_device_name()}; {fix}; "
-                              "or trainer.check_memory=false to try anyway")
+            raise ConfigError(f"trainer: this run needs about {gib(est.peak):.3g} GiB per GPU, more than "
+                              f"{HEADROOM:.0%} of the {gib(free):.3g} GiB free of {gib(total):.3g} GiB on "
+                              f"{torch.cuda.get_device_name()}; {fix}; or trainer.check_memory=false to try anyway")
     return est
 
 
@@ -192,9 +226,9 @@ def verdict(row: dict) -> str:
         return "fits"
     if row["suggestion"]:
         s = row["suggestion"]
-        return f"add {' '.join(s['overrides'])} ({s['estimate_gb']:.1f})"
+        return f"add {' '.join(s['overrides'])} ({gb(s['estimate_gb'])})"
     low = row["lowest"]
-    return f"does not fit: at least {row['needs_gb']:.0f} GiB with {' '.join(low['overrides'])} ({low['estimate_gb']:.1f})"
+    return f"does not fit: at least {row['needs_gb']:.0f} GiB with {' '.join(low['overrides'])} ({gb(low['estimate_gb'])})"
 
 
 def table(rows: list[dict]) -> str:
@@ -208,9 +242,9 @@ def table(rows: list[dict]) -> str:
         tokens = f"{r['tokens']:.3g}" if r.get("tokens") else "-"
         flops = f"{r['flops']:.3g}" if r.get("flops") else "-"
         strategy = f"{r['strategy']} x{r['world']}" + (" +ckpt" if r["activation_checkpointing"] else "")
-        lines.append(f"| {name} | {r['params'] / 1e9:.2f}B ({r['params_active'] / 1e9:.2f}B) | {steps} | {tokens} | "
-                     f"{flops} | {strategy} | {r['micro_batch']} x {r['accumulate']} | {r['states_gb']:.1f} | "
-                     f"{r['activations_gb']:.1f} | {r['transients_gb']:.1f} | {r['estimate_gb']:.1f} | {verdict(r)} |")
+        lines.append(f"| {name} | {count(r['params'])} ({count(r['params_active'])}) | {steps} | {tokens} | "
+                     f"{flops} | {strategy} | {r['micro_batch']} x {r['accumulate']} | {gb(r['states_gb'])} | "
+                     f"{gb(r['activations_gb'])} | {gb(r['transients_gb'])} | {gb(r['estimate_gb'])} | {verdict(r)} |")
     return "\n".join(lines)
 
 
@@ -251,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         for point in points:
             cfg = compose_point(args.config_dir, args.config_name, point)
             shown = [o for o in point if o.split("=")[0] in swept] if swept else point
-            rows.append(plan_point(cfg, shown, device_gib, args.device))
+            rows.append(plan_point(cfg, shown, device_gib, args.device, for_a_gpu=args.device_gb is not None))
     except (*USER_ERRORS, HydraException, OmegaConfBaseException) as exc:
         fail(str(exc).strip().splitlines()[0])
     if args.json:

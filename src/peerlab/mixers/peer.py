@@ -145,7 +145,9 @@ class PEER(Mixer):
         such buffers at once in ``triton``); a sparse gradient is those sums itself (``peerlab.memory`` counts it)."""
         f, hk, d = precision.float_bytes, self.heads * self.k, self.d_model
         router = self.router.activation_memory(tokens, f)
-        impl = self.impl if self.impl != "auto" else ("triton" if device_type == "cuda" and triton_available()
+        # auto on CUDA is Triton's kernels: planned as such whether or not the planning machine has Triton (torch's
+        # CUDA wheels bring it), so a plan does not change with where it is made
+        impl = self.impl if self.impl != "auto" else ("triton" if device_type == "cuda"
                                                       and self.activation in TRITON_ACTIVATIONS else "chunked")
         saved = tokens * (8 * hk + f * hk)  # indices, pre-activations
         gathered = tokens * hk * d * f  # torch: the down rows, kept; chunked: in chunk_tokens slices
