@@ -12,9 +12,11 @@ from conftest import ROOT, TINY
 from peerlab.train import run
 
 
-def test_ctrl_c_in_the_final_evaluation_is_an_interrupted_run_exit_130_and_the_rerun_completes(tmp_path, cache_dir):
-    args = [sys.executable, str(ROOT / "train.py"), *TINY, "budget=2e8", f"out_dir={tmp_path}", "run_name=r",
-            "logger=csv", "data.seq_len=8", "data.batch_size=4"]  # many small validation batches: a second or more
+def test_ctrl_c_in_the_final_evaluation_is_an_interrupted_run_exit_130_and_the_rerun_completes(tmp_path, compose):
+    # short blocks: hundreds of validation batches, so the final evaluation lasts well past the signal's delivery
+    overrides = [*TINY, "budget=6e8", f"out_dir={tmp_path}", "run_name=r", "logger=csv", "data.seq_len=8",
+                 "data.batch_size=16"]
+    args = [sys.executable, str(ROOT / "train.py"), *overrides]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # the run says when its final evaluation starts: no sleep races it
         if "final evaluation: " in line:
@@ -25,10 +27,9 @@ def test_ctrl_c_in_the_final_evaluation_is_an_interrupted_run_exit_130_and_the_r
     assert err.strip().splitlines()[-1].endswith("rerun the same command to resume")
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["status"] == "interrupted" and results["failed_in"] == "final evaluation"
-    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((tmp_path / "r" / "results.json").read_text())["status"] == "completed"
-    assert "(best: " in again.stdout  # an unsharded run keeps best.ckpt, and says where
+    again = run(compose(*overrides[len(TINY):]))  # the rerun, in this process: it evaluates the resumed run
+    assert again["status"] == "completed" and again["resumed_from_step"] == results["steps"]
+    assert again["checkpoints"]["best"]  # an unsharded run keeps best.ckpt
 
 
 def test_a_sharded_run_writes_last_ckpt_only_and_its_summary_names_no_missing_best(compose, tmp_path, capsys):
