@@ -165,6 +165,7 @@ def test_sigterm_resumes_a_sharded_run_bit_identically(trained, tmp_path):
             proc.wait()
     assert proc.returncode == 143, err[-3000:]
     assert "last.ckpt saved at step" in err and ckpt.is_dir()  # a sharded folder while training
+    assert err.count("interrupted: ") == 1, err[-3000:]  # both ranks stop at one step; rank 0 says so, once
     resumed = run_train(*COMMON, "trainer=fsdp", *TWO, f"out_dir={tmp_path}", "run_name=r", cwd=tmp_path, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = results(trained / "fsdp"), results(tmp_path / "r")
