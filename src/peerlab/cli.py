@@ -23,25 +23,22 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
-def output_folder(value: str):
-    """An argparse ``type`` for an output folder: refused in one line when it cannot be written."""
+
+def _output(file: bool):
+    """An argparse ``type`` for an output folder (``file``: an output file): refused in one line when it cannot be
+    written (:func:`peerlab.config.output_problem`)."""
     from pathlib import Path
 
-    from peerlab.config import output_problem
+    def checked(value: str) -> Path:
+        from peerlab.config import output_problem
 
-    problem = output_problem(value)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
-    return Path(value).expanduser()
+        problem = output_problem(value, file=file)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{value!r} {problem}")
+        return Path(value).expanduser()
+
+    return checked
 
 
-def output_file(value: str):
-    """An argparse ``type`` for an output file: refused in one line when it cannot be written."""
-    from pathlib import Path
-
-    from peerlab.config import output_problem
-
-    problem = output_problem(value, file=True)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{value!r} {problem}")
-    return Path(value).expanduser()
+output_folder = _output(file=False)
+output_file = _output(file=True)

@@ -42,6 +42,14 @@ def sci(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def human_count(x: float) -> str:
+    """134k, 12.3M, 1.27B: a count (parameters) at any scale."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
 # A float override as Hydra's sweeper writes it back when it parsed the value from a sweep file: 2e19 comes back as
 # "2e+19" and 1e12 as "1000000000000.0". Small values (lr=0.002, 1e-05) are left as they are.
 _SWEPT_FLOAT = re.compile(r"(?<==)(\d+(?:\.\d*)?e\+\d+|\d{7,}\.0)(?=,|$)")
@@ -77,9 +85,11 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-# Overrides that leave what a sweep trains as it was: a rerun that differs only in these continues the same sweep.
-SWEEP_NAME_IGNORES = ("hydra.", "hydra/", "out_dir=", "trainer.progress_bar=", "logger=", "logger.", "resume=", "data.cache_dir=",
-                      "data.num_workers=")
+# Keys that do not change what is trained: a rerun may differ in these and still resume the same run (peerlab.run_folder).
+NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
+# Overrides a sweep's name leaves out: those keys, Hydra's own, and settings of how a run shows and loads its data.
+SWEEP_NAME_IGNORES = ("hydra.", "hydra/", *(f"{k}{sep}" for k in NON_IDENTITY_KEYS for sep in "=."),
+                      "trainer.progress_bar=", "data.cache_dir=", "data.num_workers=")
 
 
 def sweep_name(overrides: list[str] | None = None) -> str:
@@ -207,11 +217,14 @@ PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16":
 FSDP_PRECISIONS = ("32-true", "bf16-mixed")  # FSDP2 under ModelParallelStrategy: 16-mixed needs a sharded scaler
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
 def precision_name(value: Any) -> str:
     """The canonical name of a ``trainer.precision`` value (``bf16`` -> ``bf16-mixed``, ``32`` -> ``32-true``)."""
     return PRECISION_ALIASES.get(str(value), str(value))
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-STRATEGIES = ("auto", "ddp", "fsdp")
+
 
 def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:

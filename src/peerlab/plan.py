@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from peerlab.builders import build_model
-from peerlab.config import ConfigError, precision_name, validate, written_as
+from peerlab.config import ConfigError, human_count, precision_name, validate, written_as
 from peerlab.distributed import world_size
 from peerlab.flops import BudgetTooSmall, flops_breakdown, plan_budget, tokens_per_step
 from peerlab.memory import Estimate, Execution
@@ -152,14 +152,6 @@ def gib(x: float) -> float:
     return x / GIB
 
 
-def count(n: float) -> str:
-    """134k, 12.3M, 1.27B: a parameter count at any scale (small models printed as 0.00B)."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def gb(x: float) -> str:
     """GiB with three significant digits below 10 (a tiny model's 0.0123, not 0.0), one decimal above."""
     return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
@@ -242,7 +234,7 @@ def table(rows: list[dict]) -> str:
         tokens = f"{r['tokens']:.3g}" if r.get("tokens") else "-"
         flops = f"{r['flops']:.3g}" if r.get("flops") else "-"
         strategy = f"{r['strategy']} x{r['world']}" + (" +ckpt" if r["activation_checkpointing"] else "")
-        lines.append(f"| {name} | {count(r['params'])} ({count(r['params_active'])}) | {steps} | {tokens} | "
+        lines.append(f"| {name} | {human_count(r['params'])} ({human_count(r['params_active'])}) | {steps} | {tokens} | "
                      f"{flops} | {strategy} | {r['micro_batch']} x {r['accumulate']} | {gb(r['states_gb'])} | "
                      f"{gb(r['activations_gb'])} | {gb(r['transients_gb'])} | {gb(r['estimate_gb'])} | {verdict(r)} |")
     return "\n".join(lines)

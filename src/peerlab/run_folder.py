@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from peerlab.config import ADDED_KEYS, ConfigError
+from peerlab.config import ADDED_KEYS, NON_IDENTITY_KEYS, ConfigError
 from peerlab.run_lock import LOCK
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,6 @@ RUN_CONFIG = "run_config.yaml"
 DATA = "data.json"  # the data's fingerprint (``TextDataModule.fingerprint``): part of the run's identity
 CHECKPOINTS = "checkpoints"
 WANDB_ID = "wandb_id.txt"  # the run's W&B id (peerlab.loggers), kept while the run holds something finished
-# Keys that do not change what is trained: a rerun may differ in these and still resume the same run.
-NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
 # What stays when a run is moved aside: the log files of the job in progress, which Hydra has open, and the
 # folder's lock, which this job holds.
 KEPT_IN_PLACE = (".hydra", LOCK)

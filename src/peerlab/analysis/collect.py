@@ -39,12 +39,12 @@ CORPUS_KEYS = ("kind", "name", "sources", "files", "val_fraction", "path", "trai
                "max_documents", "text_field")
 
 
-def data_identity(results: dict) -> dict:
-    """What a run was trained and validated on: its data fingerprint where it has one (corpus, tokenizer, tokens),
-    else the corpus keys of its data config and its tokenizer config; the vocabulary in both cases."""
-    fingerprint = results.get("data") or {}
-    if fingerprint.get("tokens"):
-        return {"data fingerprint": fingerprint.get("tokens"), "tokenizer": fingerprint.get("tokenizer"),
+def data_identity(results: dict, fingerprint: bool = True) -> dict:
+    """What a run was trained and validated on: its data fingerprint where it has one and ``fingerprint`` (corpus,
+    tokenizer, tokens), else the corpus keys of its data config and its tokenizer config; the vocabulary in both."""
+    recorded = results.get("data") or {}
+    if fingerprint and recorded.get("tokens"):
+        return {"data fingerprint": recorded.get("tokens"), "tokenizer": recorded.get("tokenizer"),
                 "vocab_size": results.get("vocab_size")}
     cfg = results.get("config", {})
     data = cfg.get("data") or {}
@@ -62,7 +62,7 @@ def check_same_data(runs: list[Run]) -> str | None:
     for other in runs[1:]:
         mine = data_identity(other.results)
         if set(mine) != set(ref):  # one run predates fingerprints: compare what both record, their configs
-            a, b = data_identity({**base.results, "data": None}), data_identity({**other.results, "data": None})
+            a, b = data_identity(base.results, fingerprint=False), data_identity(other.results, fingerprint=False)
         else:
             a, b = ref, mine
         pairs = [(k, a[k], b[k]) for k in a if a[k] != b[k]]

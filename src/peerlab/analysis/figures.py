@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from peerlab.analysis.collect import Run  # noqa: E402
 from peerlab.analysis.isoflop import Optimum, fit_window  # noqa: E402
-from peerlab.config import sci  # noqa: E402
+from peerlab.config import human_count, sci  # noqa: E402
 
 STYLE = {"ffw": ("black", "o"), "moe": ("tab:blue", "s"), "pkm": ("tab:green", "^"), "peer": ("tab:red", "D"),
          "moe_fine": ("tab:cyan", "v"), "memory_plus": ("tab:purple", "P"), "peer_linear": ("tab:orange", "X"),
@@ -46,19 +46,13 @@ def _log_x_axis(ax, label) -> None:
 
 def _params_axis(ax) -> None:
     """Parameter counts: 100k, 200k, 500k, 1M ..."""
-    _log_x_axis(ax, _human)
+    _log_x_axis(ax, human_count)
 
 
 def _flops_axis(ax) -> None:
     """FLOPs: 1e12, 2e12, 5e12 ..."""
     _log_x_axis(ax, sci)
 
-
-def _human(x: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
 
 
 def _grid(n: int, width: float = 4.6, height: float = 3.8):
