@@ -38,6 +38,15 @@ TRAIN = [
     (["out_dir=/etc/hostname/runs"], "out_dir='/etc/hostname/runs': cannot be made: /etc/hostname is a file"),
     (["out_dir=" + "x" * 300], "out_dir='xxxx"),
     (["run_name=" + "y" * 300], "run_name="),
+    (["trainer.memory_parallel=0"], "trainer.memory_parallel=0: must be an integer >= 1"),
+    (["layer=peer", "trainer.memory_parallel=2"], "trainer.memory_parallel=2: splits tables under trainer=fsdp only "
+     "(trainer.strategy='auto' here)"),
+    (["layer=peer", "trainer=fsdp", "trainer.devices=3", "trainer.accelerator=cpu", "trainer.memory_parallel=2"],
+     "trainer.memory_parallel=2: must divide the number of processes (3 here)"),
+    (["trainer=fsdp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.memory_parallel=2"],
+     "trainer.memory_parallel=2: this layer has no expert tables to split"),
+    (["layer=pkm_small", "trainer=fsdp", "trainer.devices=3", "trainer.accelerator=cpu", "trainer.memory_parallel=3"],
+     "trainer.memory_parallel=3: must divide d_model (128), the tables' columns"),
 ]
 
 

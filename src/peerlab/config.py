@@ -28,7 +28,7 @@ ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0, "trai
               # memory settings that leave results as they were: the loss's chunks start above the 8192 tokens per
               # micro-batch that every run before them had at most
               "trainer.activation_checkpointing": False, "trainer.loss_chunk_tokens": 8192,
-              "trainer.check_memory": True}
+              "trainer.check_memory": True, "trainer.memory_parallel": 1}
 
 
 class ConfigError(ValueError):
@@ -86,7 +86,8 @@ def _is_dir(path: Path) -> bool:
 
 
 # Keys that do not change what is trained: a rerun may differ in these and still resume the same run (peerlab.run_folder).
-NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name")
+# trainer.memory_parallel: how the tables are laid out over the ranks, not what is trained (a run resumes at another)
+NON_IDENTITY_KEYS = ("resume", "logger", "out_dir", "run_name", "trainer.memory_parallel")
 # Overrides a sweep's name leaves out: those keys, Hydra's own, and settings of how a run shows and loads its data.
 SWEEP_NAME_IGNORES = ("hydra.", "hydra/", *(f"{k}{sep}" for k in NON_IDENTITY_KEYS for sep in "=."),
                       "trainer.progress_bar=", "data.cache_dir=", "data.num_workers=")
@@ -165,6 +166,7 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # recompute each block in backward: its input is all it keeps
     loss_chunk_tokens: int = 8192  # the LM head's loss this many tokens at a time (0: the whole micro-batch)
     check_memory: bool = True  # on CUDA, refuse a run whose planned peak exceeds the GPU (peerlab.plan)
+    memory_parallel: int = 1  # trainer=fsdp: split the expert tables by columns over groups of this many ranks
 
 
 @dataclass
@@ -385,6 +387,10 @@ def validate(cfg: DictConfig) -> None:
     precision = precision_name(tr.precision)
     _require(precision in PRECISIONS, "trainer.precision", tr.precision,
              f"allowed: {', '.join(PRECISIONS)} (or {', '.join(PRECISION_ALIASES)}); true 16-bit training is not supported")
+    m = tr.get("memory_parallel", 1)
+    _require(_is_int(m) and m >= 1, "trainer.memory_parallel", m, "must be an integer >= 1 (1: tables whole on every rank)")
+    _require(m == 1 or tr.get("strategy", "auto") == "fsdp", "trainer.memory_parallel", m,
+             f"splits tables under trainer=fsdp only (trainer.strategy={tr.get('strategy', 'auto')!r} here)")
     if tr.get("strategy", "auto") == "fsdp":
         _require(precision in FSDP_PRECISIONS, "trainer.precision", tr.precision,
                  f"trainer=fsdp takes {', '.join(FSDP_PRECISIONS)}")

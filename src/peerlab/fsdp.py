@@ -15,22 +15,63 @@ every unit keeps its weights' dtype. ``peerlab.memory`` counts the same units.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from peerlab.model import Transformer
 
 
-def shard_model(model: Transformer, mesh, blocks_dtype: torch.dtype | None = None) -> None:
-    """Apply ``fully_shard`` to ``model`` in place over the 1-D data-parallel ``mesh``."""
+@dataclass(frozen=True)
+class Unit:
+    """One ``fully_shard`` unit: the parameters it gathers (not a nested unit's, not ``ignored`` ones), and whether
+    it is gathered in float32 whatever the blocks' policy (a full-precision mixer, the root)."""
+
+    name: str
+    module: torch.nn.Module
+    params: tuple[torch.nn.Parameter, ...]
+    full_precision: bool
+
+    @property
+    def elements(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def units(model: Transformer, ignored: set[torch.nn.Parameter] | frozenset = frozenset()) -> list[Unit]:
+    """The units in the order ``fully_shard`` is applied (inner first): per block its full-precision mixer (when it
+    has parameters of its own), then the block; the root last. Read by :func:`shard_model`, ``peerlab.memory`` and
+    ``peerlab.parallel.traffic``, so that what is sharded and what is counted are one description."""
+    out, taken = [], set(ignored)
+    for i, block in enumerate(model.blocks):
+        if block.mixer.full_precision:
+            mine = tuple(p for p in block.mixer.parameters() if p not in taken)
+            if mine:
+                out.append(Unit(f"block {i} mixer", block.mixer, mine, True))
+                taken.update(mine)
+        mine = tuple(p for p in block.parameters() if p not in taken)
+        out.append(Unit(f"block {i}", block, mine, False))
+        taken.update(mine)
+    out.append(Unit("root", model, tuple(p for p in model.parameters() if p not in taken), True))
+    return out
+
+
+def blocks_dtype(device_type: str, precision: str) -> torch.dtype | None:
+    """The dtype FSDP gathers the blocks in: bfloat16 on CUDA under bf16 autocast, else the weights' own."""
+    return torch.bfloat16 if device_type == "cuda" and precision in ("bf16-mixed", "bf16-true") else None
+
+
+def shard_model(model: Transformer, mesh, blocks_dtype: torch.dtype | None = None,
+                ignored: set[torch.nn.Parameter] | None = None) -> None:
+    """Apply ``fully_shard`` to ``model`` in place over the 1-D data-parallel ``mesh``. ``ignored``: parameters
+    sharded otherwise (memory-parallel expert tables, ``peerlab.parallel.memory_parallel``), which FSDP leaves."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     own_dtype = MixedPrecisionPolicy()
     blocks = MixedPrecisionPolicy(param_dtype=blocks_dtype, reduce_dtype=torch.float32) if blocks_dtype else own_dtype
-    for block in model.blocks:
-        if block.mixer.full_precision and any(True for _ in block.mixer.parameters()):
-            fully_shard(block.mixer, mesh=mesh, mp_policy=own_dtype)
-        fully_shard(block, mesh=mesh, mp_policy=blocks)
-    fully_shard(model, mesh=mesh, mp_policy=own_dtype)
+    ignored = ignored or set()
+    for unit in units(model, ignored):
+        fully_shard(unit.module, mesh=mesh, mp_policy=own_dtype if unit.full_precision else blocks,
+                    ignored_params=ignored)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -105,13 +105,17 @@ class LanguageModel(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp``: cut the model into FSDP units (``peerlab.fsdp``), once."""
-        from peerlab.fsdp import is_sharded, shard_model
+        from peerlab.fsdp import blocks_dtype, is_sharded, shard_model
 
         if not self.sharded or is_sharded(self.model):
             return
-        cuda = self.trainer.strategy.root_device.type == "cuda"
-        bf16 = cuda and self.trainer.precision in ("bf16-mixed", "bf16-true")
-        shard_model(self.model, self.device_mesh["data_parallel"], torch.bfloat16 if bf16 else None)
+        from peerlab.parallel.memory_parallel import shard_tables
+
+        strategy = self.trainer.strategy
+        tables_mesh = getattr(strategy, "tables_mesh", None)
+        tables = shard_tables(self.model, tables_mesh) if tables_mesh is not None else []
+        dtype = blocks_dtype(strategy.root_device.type, str(self.trainer.precision))
+        shard_model(self.model, self.device_mesh["data_parallel"], dtype, set(tables))
 
     def on_fit_start(self) -> None:
         if self._reduced_here:  # DDP broadcasts rank 0's weights at wrap time, but not those it ignores
@@ -121,6 +125,11 @@ class LanguageModel(L.LightningModule):
         # Called once per optimizer step, after the last accumulated backward and before gradient clipping.
         if self._reduced_here:
             all_reduce_sparse_mean(self._reduced_here)
+        tables_mesh = getattr(self.trainer.strategy, "tables_mesh", None)
+        if tables_mesh is not None:  # memory-parallel tables: FSDP left their gradients to us
+            from peerlab.parallel.memory_parallel import reduce_table_grads, table_params
+
+            reduce_table_grads(table_params(self.model), tables_mesh, self.trainer.world_size)
 
     # ------------------------------------------------------------------ progress counters
     def flops_done(self, steps: int | None = None) -> int:

@@ -31,7 +31,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from peerlab.config import precision_name
+from peerlab.fsdp import blocks_dtype
+from peerlab.fsdp import units as fsdp_units
 from peerlab.mixers.base import ActivationMemory, Precision
+from peerlab.mixers.column_shards import split_activation_memory
 from peerlab.mixers.sparse_grads import expected_rows
 from peerlab.model import Transformer
 
@@ -58,6 +61,7 @@ class Execution:
     activation_checkpointing: bool = False
     loss_chunk_tokens: int = 0  # 0: the whole micro-batch's logits at once
     ddp_bucket_view: bool = True  # DDP keeps gradients in its buckets (peerlab.strategies); False: a second copy
+    memory_parallel: int = 1  # trainer.memory_parallel: expert tables split by columns over this many ranks
 
     def __post_init__(self) -> None:
         if precision_name(self.precision) not in BYTES:
@@ -79,8 +83,13 @@ class Execution:
 
     @property
     def fsdp_16bit_params(self) -> bool:
-        """FSDP gathers the blocks' weights in 16 bits (its mixed-precision policy) on CUDA under autocast."""
-        return self.strategy == "fsdp" and self.device_type == "cuda" and self.bytes.autocast
+        """FSDP gathers the blocks' weights in 16 bits (its mixed-precision policy, ``peerlab.fsdp.blocks_dtype``)."""
+        return self.strategy == "fsdp" and blocks_dtype(self.device_type, precision_name(self.precision)) is not None
+
+    @property
+    def split_tables(self) -> bool:
+        """Expert tables split by columns over memory-parallel groups (``peerlab.parallel.memory_parallel``)."""
+        return self.memory_parallel > 1 and self.sharded
 
     @property
     def chunked_loss(self) -> bool:
@@ -171,7 +180,8 @@ def _parts(model: Transformer, ex: Execution) -> list[_Part]:
     # input copy, q|k|v, output, and the output's log-sum-exp per head (float32)
     attention = layer_norm + n * (c * d + 3 * c * d + c * d + 4 * s.n_head)
     for i, block in enumerate(model.blocks):
-        mixer: ActivationMemory = block.mixer.activation_memory(n, p, ex.device_type)
+        mixer: ActivationMemory = (split_mixer_memory(block.mixer, n, p, ex) if ex.split_tables and
+                                   block.mixer.expert_tables() else block.mixer.activation_memory(n, p, ex.device_type))
         if ex.fsdp_16bit_params and not block.mixer.full_precision:
             mixer = replace(mixer, autocast_params=0)
         saved = attention + layer_norm + mixer.saved
@@ -206,19 +216,42 @@ def fsdp_unsharded_grad_bytes(elements: int, param_bytes: int) -> int:
     return elements * (param_bytes + (4 if param_bytes < 4 else 0))
 
 
+def split_mixer_memory(mixer, tokens: int, p: Precision, ex: Execution) -> ActivationMemory:
+    """A mixer whose tables are split over ``ex.memory_parallel`` ranks: its retrieval's activations, the split
+    tables' (``column_shards.split_activation_memory``) and what a subclass adds around the read (Memory+'s gate)."""
+    from peerlab.mixers.peer import PEER
+    from peerlab.mixers.pkm import PKM
+
+    f, m = p.float_bytes, ex.memory_parallel
+    kind, base = ("peer", PEER) if isinstance(mixer, PEER) else ("pkm", PKM)
+    router = mixer.router.activation_memory(tokens, f)
+    n_rows = next(iter(mixer.expert_tables().values())).shape[0]
+    saved, forward, backward = split_activation_memory(kind, tokens, m, mixer.d_model, mixer.heads * mixer.k, n_rows,
+                                                       f, getattr(mixer, "chunk_tokens", 64))
+    own, read = mixer.activation_memory(tokens, p, ex.device_type), base.activation_memory(mixer, tokens, p, ex.device_type)
+    return ActivationMemory(saved=router.saved + saved + own.saved - read.saved,
+                            forward_peak=max(router.forward_peak, forward, own.forward_peak if own is not read else 0),
+                            backward_peak=max(router.backward_peak, backward), autocast_params=own.autocast_params)
+
+
+def table_ids(model: Transformer, ex: Execution) -> set[int]:
+    """``id`` of each expert table split by columns under ``ex`` (none unless ``ex.split_tables``)."""
+    if not ex.split_tables:
+        return set()
+    return {id(q) for mixer in model.mixers for q in mixer.expert_tables().values()}
+
+
 def _fsdp_units(model: Transformer, ex: Execution) -> list[tuple[str, int, int]]:
-    """``(name, elements, bytes per gathered element)`` of each ``fully_shard`` unit in forward order after the root
-    (see ``peerlab.fsdp``): each full-precision mixer on its own, then each block."""
+    """``(name, elements, bytes per gathered element)`` of each ``fully_shard`` unit in forward order after the root,
+    as ``peerlab.fsdp.units`` cuts them (split tables are no unit's); each mixer unit before its block's."""
     f = ex.bytes.float_bytes
     block_bytes = 2 if ex.fsdp_16bit_params else f
-    units = []
-    for i, block in enumerate(model.blocks):
-        mixer = sum(q.numel() for q in block.mixer.parameters()) if block.mixer.full_precision else 0
-        rest = sum(q.numel() for q in block.parameters()) - mixer
-        units.append((f"block {i}", rest, block_bytes))
-        if mixer:
-            units.append((f"block {i} mixer", mixer, f))
-    return units
+    split = table_ids(model, ex)
+    ignored = {q for q in model.parameters() if id(q) in split}
+    cut = [(u.name, u.elements, f if u.full_precision else block_bytes) for u in fsdp_units(model, ignored)
+           if u.name != "root"]
+    # in forward order: a block's own unit is gathered first, its mixer's inside it
+    return sorted(cut, key=lambda u: (int(u[0].split()[1]), u[0].endswith("mixer")))
 
 
 def estimate(model: Transformer, ex: Execution) -> Estimate:
@@ -230,13 +263,18 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     sparse = _sparse_tables(model)
     rows = _rows_used(model, ex.tokens * ex.accumulate)
     shard = (lambda x: math.ceil(x / W)) if ex.sharded else (lambda x: x)
-    params = f * shard(total)
+    split = table_ids(model, ex)  # split by columns: 1/M of each on every rank, no FSDP
+
+    def held(q) -> int:
+        return math.ceil(q.numel() / ex.memory_parallel) if id(q) in split else shard(q.numel())
+
+    held_total = sum(held(q) for q in model.parameters())
+    params = f * held_total
     tensors = sum(1 for _ in model.parameters())
-    optimizer = ADAMW_MOMENTS * f * shard(total) + STEP_BYTES * tensors  # two moments, and each tensor's step count
+    optimizer = ADAMW_MOMENTS * f * held_total + STEP_BYTES * tensors  # two moments, and each tensor's step count
 
     def grad_bytes(params_of) -> int:
-        return sum(rows[id(q)] * (q.shape[1] * f + INT64) if id(q) in sparse else f * shard(q.numel())
-                   for q in params_of)
+        return sum(rows[id(q)] * (q.shape[1] * f + INT64) if id(q) in sparse else f * held(q) for q in params_of)
 
     grads = grad_bytes(model.parameters())
     if ex.strategy == "ddp" and W > 1 and not ex.ddp_bucket_view:  # the buckets beside the gradients
@@ -248,7 +286,9 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     part_grads = {part.name: grad_bytes(ps) for part, ps in zip(parts, _part_params(model), strict=True)}
 
     units = _fsdp_units(model, ex) if ex.sharded else []
-    root = f * (total - sum(n for _, n, _ in units)) if ex.sharded else 0  # embeddings, final norm: gathered all step
+    split_elements = sum(q.numel() for q in model.parameters() if id(q) in split)
+    # embeddings, final norm: gathered all step
+    root = f * (total - split_elements - sum(n for _, n, _ in units)) if ex.sharded else 0
     gathered = {name: n * b for name, n, b in units}
     order = [u for u, _, _ in units]
 

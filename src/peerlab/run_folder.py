@@ -68,7 +68,13 @@ def holds_run(run_dir: Path) -> bool:
 
 def identity(cfg: DictConfig | dict) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
+    container = {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
+    for dotted in (k for k in NON_IDENTITY_KEYS if "." in k):
+        parent, _, key = dotted.rpartition(".")
+        node = container.get(parent)
+        if isinstance(node, dict) and key in node:
+            container[parent] = {k: v for k, v in node.items() if k != key}
+    return container
 
 
 def with_added_keys(saved: DictConfig) -> DictConfig:

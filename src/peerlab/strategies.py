@@ -32,7 +32,7 @@ def build_strategy(trainer_cfg: Any, world: int):
         precision = precision_name(trainer_cfg.precision)
         if precision not in FSDP_PRECISIONS:
             raise ConfigError(f"trainer.precision={precision!r}: trainer=fsdp takes {', '.join(FSDP_PRECISIONS)}")
-        return ShardedStrategy(world)
+        return ShardedStrategy(world, int(trainer_cfg.get("memory_parallel", 1)))
     if name == "ddp" or (name == "auto" and world > 1):
         return DDPStrategy(gradient_as_bucket_view=True)
     return "auto"
@@ -50,8 +50,17 @@ class ShardedStrategy(ModelParallelStrategy):
     moved into place by rank 0 once all ranks have written (:func:`peerlab.sharded_checkpoint.replace`); inside
     :meth:`consolidated`, one file with the full weights and optimizer state, written by rank 0 the same way."""
 
-    def __init__(self, world: int) -> None:
+    def __init__(self, world: int, memory_parallel: int = 1) -> None:
         super().__init__(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True)
+        self.memory_parallel = memory_parallel
+        self.tables_mesh = None  # (replica, memory_parallel), when memory_parallel > 1
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        if self.memory_parallel > 1:
+            from peerlab.parallel.memory_parallel import build_mesh
+
+            self.tables_mesh = build_mesh(self.world_size, self.memory_parallel, self.root_device.type)
 
     @contextmanager
     def consolidated(self):

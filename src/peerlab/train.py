@@ -68,13 +68,16 @@ def failure_status(exc: BaseException) -> str:
 
 
 def check_mixer(cfg: DictConfig) -> None:
-    """Build the chosen mixer on the meta device: impossible layer sizes fail now, not after data preparation."""
+    """Build the chosen mixer on the meta device: impossible layer sizes, and a memory-parallel size that cannot
+    split its tables, fail now, not after data preparation."""
     from peerlab.builders import mixer_factory
     from peerlab.config import model_dims
+    from peerlab.parallel.memory_parallel import check_layout
 
     d_model, n_layer, _ = model_dims(cfg.model)
     with torch.device("meta"):
-        mixer_factory(cfg.layer)(d_model=d_model, n_layer=n_layer)
+        mixer = mixer_factory(cfg.layer)(d_model=d_model, n_layer=n_layer)
+    check_layout(cfg.trainer.get("memory_parallel", 1), world_size(cfg.trainer), [mixer], d_model)
 
 
 def set_matmul_precision(setting: str, cuda: bool) -> str | None:

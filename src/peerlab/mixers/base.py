@@ -56,10 +56,15 @@ class Mixer(nn.Module):
     - :meth:`usage_tensors`: the tensors behind :meth:`usage_stats`, summed over data-parallel ranks.
     - :attr:`full_precision`: True for a mixer that runs its forward in its parameters' precision with autocast
       off (retrieval in float32); sharded training keeps such a mixer's parameters in float32.
+    - :meth:`expert_tables` / :attr:`tables_group`: the tables memory parallelism splits by columns, and the group
+      they are split over once it has (``peerlab.parallel.memory_parallel``).
     """
 
     aux_loss: torch.Tensor | None = None
     full_precision: bool = False
+    # Set by peerlab.parallel.memory_parallel: the process group over whose ranks expert_tables() are split by
+    # columns (each rank then holds a DTensor shard of them); None while each table is whole on every rank.
+    tables_group = None
     count_usage: bool = True  # False while a padding batch (sharded validation) runs: it must not count
 
     def flops_per_token(self) -> int:
@@ -93,6 +98,11 @@ class Mixer(nn.Module):
         """The accumulators behind :meth:`usage_stats` whose sum over processes is the usage of all their batches
         (validation sharded across data-parallel ranks sums them before reading the statistics)."""
         return []
+
+    def expert_tables(self) -> dict[str, nn.Parameter]:
+        """The N x d_model tables whose rows the layer retrieves, by parameter name (``down.weight``): what
+        ``trainer.memory_parallel`` splits by columns. Empty for a mixer without such tables."""
+        return {}
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters that train with their own optimizer settings, keyed by group name (see ``optim.groups``)."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import ActivationMemory, Mixer, MixerConfigError, Precision
+from peerlab.mixers.column_shards import local_columns, peer_experts_sharded
 from peerlab.mixers.matched_sizes import MIN_PARAM_RATIO, fill_sizes
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
@@ -104,7 +105,10 @@ class PEER(Mixer):
             tables = (self.down.weight, self.up.weight)
             grads = self.grad_mode()
             impl = self.resolved_impl(x)
-            if impl == "triton":
+            if self.tables_group is not None:  # this rank holds some columns of the tables (memory parallel)
+                y = peer_experts_sharded(x, indices, weights, *map(local_columns, tables), self.act,
+                                         self.chunk_tokens, self.tables_group)
+            elif impl == "triton":
                 from peerlab.mixers.peer_triton import experts_triton  # imports Triton only when used
 
                 y = experts_triton(x, indices, weights, *tables, self.activation, grads)
@@ -174,6 +178,9 @@ class PEER(Mixer):
 
     def usage_tensors(self) -> list[torch.Tensor]:
         return self.router.usage_tensors()
+
+    def expert_tables(self) -> dict[str, nn.Parameter]:
+        return {"down.weight": self.down.weight, "up.weight": self.up.weight}
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"peer_experts": [self.down.weight, self.up.weight], "product_keys": [self.router.keys]}

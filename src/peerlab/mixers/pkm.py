@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from peerlab.mixers.base import ActivationMemory, Mixer, Precision
+from peerlab.mixers.column_shards import local_columns, weighted_bag_sharded
 from peerlab.mixers.matched_sizes import fill_sizes
 from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
 
@@ -49,7 +50,11 @@ class PKM(Mixer):
         # Mixed precision: retrieval and the weighted sum run in the values' precision (fp32 master weights).
         with torch.autocast(x.device.type, enabled=False):
             weights, indices = self.router(x.reshape(-1, shape[-1]).to(self.values.dtype))  # (tokens, heads, k)
-            y = weighted_bag(indices.flatten(1), weights.flatten(1), self.values)
+            if self.tables_group is not None:  # this rank holds some columns of the values (memory parallel)
+                y = weighted_bag_sharded(indices.flatten(1), weights.flatten(1), local_columns(self.values),
+                                         self.tables_group)
+            else:
+                y = weighted_bag(indices.flatten(1), weights.flatten(1), self.values)
         return y.to(dtype).view(shape)
 
     def flops_per_token(self) -> int:
@@ -78,6 +83,9 @@ class PKM(Mixer):
 
     def usage_tensors(self) -> list[torch.Tensor]:
         return self.router.usage_tensors()
+
+    def expert_tables(self) -> dict[str, nn.Parameter]:
+        return {"values": self.values}
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"pkm_values": [self.values], "product_keys": [self.router.keys]}

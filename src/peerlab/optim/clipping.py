@@ -26,9 +26,14 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
             grads.append(p.grad)
     if not grads:
         return torch.tensor(0.0)
-    norms = [torch.linalg.vector_norm(g.detach().float()) for g in grads]
+    # a DTensor's norm (FSDP's shards, memory-parallel columns: each over its own mesh) as the whole tensor's
+    norms = [_whole(torch.linalg.vector_norm(g.detach().float())) for g in grads]
     total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.to(g.device, g.dtype))
     return total
+
+
+def _whole(norm: torch.Tensor) -> torch.Tensor:
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
