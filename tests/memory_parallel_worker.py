@@ -156,7 +156,7 @@ def main(rank: int, world: int, store: str, out: str, m: int, dtypes: str) -> No
             shard_model(model, fsdp_mesh, ignored=set(tables))
             counter.sent.clear()
             losses, grads = train(model, data, rank, world, tables, tables_mesh, counter)
-            entry[split] = {"losses": losses, "grads": grads, "usage": usage(model, data, rank, world),
+            entry[split] = {"batch": BATCH // world, "seq": SEQ, "losses": losses, "grads": grads, "usage": usage(model, data, rank, world),
                             "table_bytes": table_bytes(model), "sent": dict(counter.sent),
                             "weights": {k: whole(v) for k, v in model.state_dict().items()}}
         result[dtype, layer] = entry

@@ -189,3 +189,32 @@ def test_sigterm_at_m2_resumes_at_m2_bit_identically_and_at_m1_from_the_same_sha
         assert rows(tmp_path / "r", "train/loss") == rows(trained / "split", "train/loss")
     else:  # torch's distributed checkpoint re-read the column shards as FSDP's row shards
         assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job,dtype", [((2, 2), "float32"), ((4, 2), "float64")], ids=["M2-float32", "M2x2-float64"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_the_planner_counts_the_bytes_that_pass_through_the_process_group(jobs, job, dtype, layer):
+    from memory_parallel_worker import LAYERS as SIZES
+    from memory_parallel_worker import MODEL, VOCAB
+
+    from peerlab.builders import build_model
+    from peerlab.memory import Execution
+    from peerlab.parallel.traffic import comm_bytes
+    from peerlab.sizes import load_layer
+
+    world, m = job
+    cfg = load_layer(layer)
+    cfg.update(SIZES[layer])
+    for split in (1, m):
+        counted = jobs[job][dtype, layer][split]
+        torch.set_default_dtype(getattr(torch, dtype))
+        try:
+            with torch.device("meta"):
+                model = build_model(MODEL, cfg, VOCAB, counted["seq"])
+        finally:
+            torch.set_default_dtype(torch.float32)
+        ex = Execution(device_type="cpu", precision="64-true" if dtype == "float64" else "32-true", strategy="fsdp",
+                       world=world, micro_batch=counted["batch"], seq_len=counted["seq"], memory_parallel=split)
+        planned = sum(comm_bytes(model, ex).values())
+        assert planned == pytest.approx(sum(counted["sent"].values()), rel=0.10), (split, comm_bytes(model, ex), counted["sent"])

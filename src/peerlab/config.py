@@ -166,7 +166,7 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # recompute each block in backward: its input is all it keeps
     loss_chunk_tokens: int = 8192  # the LM head's loss this many tokens at a time (0: the whole micro-batch)
     check_memory: bool = True  # on CUDA, refuse a run whose planned peak exceeds the GPU (peerlab.plan)
-    memory_parallel: int = 1  # trainer=fsdp: split the expert tables by columns over groups of this many ranks
+    memory_parallel: Any = 1  # trainer=fsdp: split the expert tables by columns over groups of this many ranks; auto
 
 
 @dataclass
@@ -388,8 +388,9 @@ def validate(cfg: DictConfig) -> None:
     _require(precision in PRECISIONS, "trainer.precision", tr.precision,
              f"allowed: {', '.join(PRECISIONS)} (or {', '.join(PRECISION_ALIASES)}); true 16-bit training is not supported")
     m = tr.get("memory_parallel", 1)
-    _require(_is_int(m) and m >= 1, "trainer.memory_parallel", m, "must be an integer >= 1 (1: tables whole on every rank)")
-    _require(m == 1 or tr.get("strategy", "auto") == "fsdp", "trainer.memory_parallel", m,
+    _require((_is_int(m) and m >= 1) or m == "auto", "trainer.memory_parallel", m,
+             "must be an integer >= 1 (1: tables whole on every rank) or auto (the size that moves fewest bytes)")
+    _require(m in (1, "auto") or tr.get("strategy", "auto") == "fsdp", "trainer.memory_parallel", m,
              f"splits tables under trainer=fsdp only (trainer.strategy={tr.get('strategy', 'auto')!r} here)")
     if tr.get("strategy", "auto") == "fsdp":
         _require(precision in FSDP_PRECISIONS, "trainer.precision", tr.precision,

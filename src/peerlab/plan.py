@@ -33,9 +33,12 @@ from peerlab.distributed import world_size
 from peerlab.flops import BudgetTooSmall, flops_breakdown, plan_budget, tokens_per_step
 from peerlab.memory import Estimate, Execution
 from peerlab.memory import estimate as memory_estimate
+from peerlab.parallel.memory_parallel import AUTO, choose, ranked
+from peerlab.parallel.traffic import comm_bytes
 
 log = logging.getLogger(__name__)
 GIB = 2**30
+GB = 1e9  # traffic is given in decimal gigabytes, as link speeds are
 HEADROOM = 0.9  # a point fits when its peak is at most this share of the device
 GPT2_VOCAB = 50257
 DEFAULT_DEVICE_GIB = 80.0
@@ -56,15 +59,21 @@ def device_type(cfg: DictConfig, for_a_gpu: bool = False) -> str:
     return "cuda" if for_a_gpu or torch.cuda.is_available() else "cpu"
 
 
-def execution(cfg: DictConfig, device: str, world: int) -> Execution:
+def execution(cfg: DictConfig, device: str, world: int, model=None) -> Execution:
+    """How ``cfg`` runs on ``world`` devices of ``device``; ``trainer.memory_parallel=auto`` is settled for ``model``
+    (the meta model: :func:`peerlab.parallel.memory_parallel.choose`)."""
     tr = cfg.trainer
     strategy = "fsdp" if tr.strategy == "fsdp" else ("ddp" if world > 1 else "single")
     precision = precision_name(tr.precision)
-    return Execution(device_type=device, precision=precision, strategy=strategy, world=world,
-                     micro_batch=int(cfg.data.batch_size), seq_len=int(cfg.data.seq_len),
-                     accumulate=int(tr.accumulate_grad_batches),
-                     activation_checkpointing=bool(tr.get("activation_checkpointing", False)),
-                     loss_chunk_tokens=int(tr.get("loss_chunk_tokens", 0)))
+    ex = Execution(device_type=device, precision=precision, strategy=strategy, world=world,
+                   micro_batch=int(cfg.data.batch_size), seq_len=int(cfg.data.seq_len),
+                   accumulate=int(tr.accumulate_grad_batches),
+                   activation_checkpointing=bool(tr.get("activation_checkpointing", False)),
+                   loss_chunk_tokens=int(tr.get("loss_chunk_tokens", 0)))
+    setting = tr.get("memory_parallel", 1)
+    if setting == AUTO:
+        return replace(ex, memory_parallel=choose(model if model is not None else _meta_model(cfg), ex))
+    return replace(ex, memory_parallel=int(setting))
 
 
 def prepare(model, ex: Execution) -> None:
@@ -85,11 +94,14 @@ class Change:
 
     overrides: tuple[str, ...]
     estimate: Estimate
+    execution: Execution | None = None
 
 
-def _candidates(ex: Execution) -> list[tuple[tuple[str, ...], Execution]]:
+def _candidates(ex: Execution, splits: list[int] = ()) -> list[tuple[tuple[str, ...], Execution]]:
     """Changes in the order they are tried: the cheapest first (the chunked loss costs nothing; a smaller micro-batch
-    costs some throughput; FSDP costs communication; checkpointing costs a third more compute)."""
+    costs some throughput; FSDP costs communication; checkpointing costs a third more compute). ``splits``: the
+    memory-parallel sizes of a model with expert tables, fewest bytes first; each is tried first of all (after the
+    free chunked loss), since it both holds less and moves less than gathering the tables, whatever the micro-batch."""
     out = []
     base, base_args = ex, ()
     if not ex.chunked_loss and ex.tokens > CHUNK_TOKENS:
@@ -104,14 +116,21 @@ def _candidates(ex: Execution) -> list[tuple[tuple[str, ...], Execution]]:
             acc = ex.accumulate * ex.micro_batch // m
             yield (*args, f"data.batch_size={m}", f"trainer.accumulate_grad_batches={acc}"), replace(e, micro_batch=m, accumulate=acc)
 
+    fsdp_args = () if ex.strategy == "fsdp" else ("trainer=fsdp",)
+    split = [(fsdp_args + (f"trainer.memory_parallel={m}",), m) for m in splits if m != ex.memory_parallel and m > 1]
+    for args, m in split:  # tables split: less held and less moved, at the same micro-batch
+        out += with_micro((*base_args, *args), replace(base, strategy="fsdp", memory_parallel=m))
     out += list(with_micro(base_args, base))[1:]
+    sharded = list(split)
     if ex.strategy != "fsdp" and ex.world > 1:
-        out += with_micro((*base_args, "trainer=fsdp"), replace(base, strategy="fsdp"))
+        sharded.append((fsdp_args, 1))
+        out += with_micro((*base_args, *fsdp_args), replace(base, strategy="fsdp", memory_parallel=1))
     if not ex.activation_checkpointing:
         ac = ("trainer.activation_checkpointing=true",)
         out += with_micro((*base_args, *ac), replace(base, activation_checkpointing=True))
-        if ex.strategy != "fsdp" and ex.world > 1:
-            out += with_micro((*base_args, "trainer=fsdp", *ac), replace(base, strategy="fsdp", activation_checkpointing=True))
+        for args, m in sharded:
+            out += with_micro((*base_args, *args, *ac), replace(base, strategy="fsdp", memory_parallel=m,
+                                                               activation_checkpointing=True))
     return out
 
 
@@ -121,10 +140,12 @@ def what_fits(build, ex: Execution, limit: float, variants=()) -> tuple[Change |
     ``variants``, ``(overrides, build)`` of other models (PEER's chunked path), are tried after every change of how
     the step runs has failed, alone and then with each of those changes."""
     lowest = None
+    model = build()
+    splits = ranked(model, ex) if ex.world > 1 and any(m.expert_tables() for m in model.mixers) else []
     for model_args, make in (((), build), *variants):
-        for args, candidate in ([((), ex)] if model_args else []) + _candidates(ex):
+        for args, candidate in ([((), ex)] if model_args else []) + _candidates(ex, splits):
             est = estimate(make(), candidate)
-            change = Change((*model_args, *args), est)
+            change = Change((*model_args, *args), est, candidate)
             if est.peak <= limit:
                 return change, change
             if lowest is None or est.peak < lowest.estimate.peak:
@@ -163,21 +184,23 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
     validate(cfg)
     device = device or device_type(cfg, for_a_gpu)
     world = world_size(cfg.trainer)  # devices x nodes; "auto" counts the GPUs visible here (one without)
-    ex = execution(cfg, device, world)
     model = _meta_model(cfg)
+    ex = execution(cfg, device, world, model)
     flops = flops_breakdown(model)
     step_tokens = tokens_per_step(ex.micro_batch, ex.seq_len, ex.accumulate, world)
     row: dict = {"overrides": overrides, "params": model.num_params(), "params_active": model.active_params(),
                  "flops_per_token": flops.train, "strategy": ex.strategy, "world": world, "precision": ex.precision,
                  "micro_batch": ex.micro_batch, "accumulate": ex.accumulate, "tokens_per_step": step_tokens,
                  "activation_checkpointing": ex.activation_checkpointing, "loss_chunk_tokens": ex.loss_chunk_tokens,
-                 "device": device, "device_gb": device_gib}
+                 "memory_parallel": ex.memory_parallel, "device": device, "device_gb": device_gib}
     try:
         budget = plan_budget(float(cfg.budget), flops.train, step_tokens, cfg.min_steps)
         row.update(steps=budget.max_steps, tokens=budget.tokens, flops=budget.flops)
     except BudgetTooSmall as exc:
         row.update(steps=None, tokens=None, flops=None, error=str(exc))
     est = estimate(model, ex)
+    comm = comm_bytes(model, ex)
+    row.update(comm_gb_per_step=sum(comm.values()) / GB, comm_gb={k: v / GB for k, v in comm.items()})
     limit = HEADROOM * device_gib * GIB
     row.update(estimate_gb=gib(est.peak), states_gb=gib(est.model_states), activations_gb=gib(est.activations),
                transients_gb=gib(est.transients), phase=est.phase, fits=est.peak <= limit, notes=list(est.notes))
@@ -185,21 +208,27 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
     if not row["fits"]:
         change, lowest = what_fits(lambda: _meta_model(cfg), ex, limit, model_variants(cfg, device))
         if change is not None:
-            row["suggestion"] = {"overrides": list(change.overrides), "estimate_gb": gib(change.estimate.peak)}
+            row["suggestion"] = {"overrides": list(change.overrides), "estimate_gb": gib(change.estimate.peak),
+                                 "comm_gb_per_step": sum(comm_bytes(_meta_model(cfg), change.execution).values()) / GB}
         else:
             row["needs_gb"] = gib(lowest.estimate.peak) / HEADROOM
             row["lowest"] = {"overrides": list(lowest.overrides), "estimate_gb": gib(lowest.estimate.peak)}
     return row
 
 
-def check_run(build, cfg: DictConfig, world: int, cuda: bool) -> Estimate:
-    """A training run's own plan, logged at its start. On CUDA (``trainer.check_memory``) a run whose planned peak
-    exceeds the GPU is refused before anything is allocated, in one line that names what would fit."""
-    ex = execution(cfg, "cuda" if cuda else "cpu", world)
-    est = estimate(build(), ex)
+def check_run(build, cfg: DictConfig, world: int, cuda: bool) -> tuple[Estimate, Execution]:
+    """A training run's own plan, logged at its start, and how it runs (``trainer.memory_parallel=auto`` settled). On
+    CUDA (``trainer.check_memory``) a run whose planned peak exceeds the GPU is refused before anything is
+    allocated, in one line that names what would fit."""
+    model = build()
+    ex = execution(cfg, "cuda" if cuda else "cpu", world, model)
+    est = estimate(model, ex)
     log.info("memory: planned peak %.3g GiB per device (model states %.3g, activations %.3g, transients %.3g, at "
              "%s; python -m peerlab.plan)", gib(est.peak), gib(est.model_states), gib(est.activations),
              gib(est.transients), est.phase)
+    if world > 1:
+        log.info("communication: about %.3g GB sent per device per step%s", sum(comm_bytes(model, ex).values()) / GB,
+                 f"; expert tables split by columns over {ex.memory_parallel} ranks" if ex.memory_parallel > 1 else "")
     if cuda and cfg.trainer.get("check_memory", True):
         free, total = torch.cuda.mem_get_info()  # what this process can still have, not the card's size
         limit = HEADROOM * free  # the same threshold as the plan's "fits"
@@ -210,7 +239,7 @@ def check_run(build, cfg: DictConfig, world: int, cuda: bool) -> Estimate:
             raise ConfigError(f"trainer: this run needs about {gib(est.peak):.3g} GiB per GPU, more than "
                               f"{HEADROOM:.0%} of the {gib(free):.3g} GiB free of {gib(total):.3g} GiB on "
                               f"{torch.cuda.get_device_name()}; {fix}; or trainer.check_memory=false to try anyway")
-    return est
+    return est, ex
 
 
 def verdict(row: dict) -> str:
@@ -226,17 +255,19 @@ def verdict(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     """A markdown table, one row per point, GiB per device."""
     head = ("| point | params (active) | steps | tokens | FLOPs | strategy | micro x acc | states | activations "
-            "| transients | peak GiB | with 10% headroom |")
+            "| transients | peak GiB | comm GB/step | with 10% headroom |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         name = " ".join(written_as(o) for o in r["overrides"]) or "(defaults)"
         steps = f"{r['steps']:,}" if r.get("steps") else "budget too small"
         tokens = f"{r['tokens']:.3g}" if r.get("tokens") else "-"
         flops = f"{r['flops']:.3g}" if r.get("flops") else "-"
-        strategy = f"{r['strategy']} x{r['world']}" + (" +ckpt" if r["activation_checkpointing"] else "")
+        strategy = (f"{r['strategy']} x{r['world']}" + (f" M{r['memory_parallel']}" if r["memory_parallel"] > 1 else "")
+                    + (" +ckpt" if r["activation_checkpointing"] else ""))
         lines.append(f"| {name} | {human_count(r['params'])} ({human_count(r['params_active'])}) | {steps} | {tokens} | "
                      f"{flops} | {strategy} | {r['micro_batch']} x {r['accumulate']} | {gb(r['states_gb'])} | "
-                     f"{gb(r['activations_gb'])} | {gb(r['transients_gb'])} | {gb(r['estimate_gb'])} | {verdict(r)} |")
+                     f"{gb(r['activations_gb'])} | {gb(r['transients_gb'])} | {gb(r['estimate_gb'])} | "
+                     f"{gb(r['comm_gb_per_step'])} | {verdict(r)} |")
     return "\n".join(lines)
 
 

@@ -25,14 +25,15 @@ from peerlab.checkpointing import check_checkpoint, fsync_file, load_checkpoint_
 from peerlab.config import FSDP_PRECISIONS, ConfigError, precision_name
 
 
-def build_strategy(trainer_cfg: Any, world: int):
-    """The Lightning strategy for ``trainer.strategy`` in a job of ``world`` processes."""
+def build_strategy(trainer_cfg: Any, world: int, memory_parallel: int = 1):
+    """The Lightning strategy for ``trainer.strategy`` in a job of ``world`` processes; ``memory_parallel``: the
+    settled ``trainer.memory_parallel`` (``auto`` is the plan's choice, ``peerlab.plan.execution``)."""
     name = trainer_cfg.strategy
     if name == "fsdp":
         precision = precision_name(trainer_cfg.precision)
         if precision not in FSDP_PRECISIONS:
             raise ConfigError(f"trainer.precision={precision!r}: trainer=fsdp takes {', '.join(FSDP_PRECISIONS)}")
-        return ShardedStrategy(world, int(trainer_cfg.get("memory_parallel", 1)))
+        return ShardedStrategy(world, memory_parallel)
     if name == "ddp" or (name == "auto" and world > 1):
         return DDPStrategy(gradient_as_bucket_view=True)
     return "auto"

@@ -172,7 +172,7 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
 
     flops = flops_breakdown(meta_model())
     plan = plan_budget(float(cfg.budget), flops.train, step_tokens, cfg.min_steps)
-    memory = check_run(meta_model, cfg, n_procs, cuda)  # refuses, before allocating, what cannot fit the GPU
+    memory, ex = check_run(meta_model, cfg, n_procs, cuda)  # refuses, before allocating, what cannot fit the GPU
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what data preparation drew
     module = LanguageModel(**module_args, max_steps=plan.max_steps)
     module.configure_execution(cfg.trainer.get("loss_chunk_tokens", 0), cfg.trainer.get("activation_checkpointing", False))
@@ -194,7 +194,7 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
                             group=sweep_group(), tags=(cfg.layer.name, cfg.model.name, sci(float(cfg.budget))),
                             extra_config=sizes)
     tr = cfg.trainer
-    strategy = build_strategy(tr, n_procs)
+    strategy = build_strategy(tr, n_procs, ex.memory_parallel)  # trainer.memory_parallel=auto settled by the plan
     sharded = isinstance(strategy, ShardedStrategy)
     last_ckpt = LastCheckpoint(ckpt_dir, tr.ckpt_every_steps, tr.ckpt_every_minutes)
     callbacks = [last_ckpt, Preemption(last_ckpt)]
@@ -237,6 +237,7 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
         "params_total": sizes["params/total"], "params_active": sizes["params/active"],
         "params_dense_backbone": sizes["params/dense_backbone"],
         "memory_planned_gib": memory.peak / 2**30, "strategy": strategy_name(strategy),
+        "memory_parallel": ex.memory_parallel,
         "flops_per_token_forward": module.flops.forward, "flops_per_token_train": module.flops.train,
         "flops_breakdown": {k: getattr(module.flops, k) for k in ("attention_proj", "attention_mix", "mixers", "lm_head")},
         "tokens_per_step": step_tokens, "max_steps": plan.max_steps, "world_size": n_procs,

@@ -24,11 +24,37 @@ from torch import nn
 from peerlab.config import ConfigError
 
 MESH_DIMS = ("replica", "memory_parallel")
+AUTO = "auto"
+
+
+def sizes(world: int, d_model: int) -> list[int]:
+    """The memory-parallel sizes a run of ``world`` processes can take: divisors of both."""
+    return [m for m in range(1, world + 1) if world % m == 0 and d_model % m == 0]
+
+
+def choose(model: nn.Module, ex) -> int:
+    """``trainer.memory_parallel=auto``: the size whose step moves the fewest bytes (``peerlab.parallel.traffic``),
+    the smaller on a tie; 1 for a model without expert tables or a run that is not sharded over several ranks."""
+    if ex.strategy != "fsdp" or ex.world <= 1 or not any(m.expert_tables() for m in model.mixers):
+        return 1
+    return ranked(model, ex)[0]
+
+
+def ranked(model: nn.Module, ex) -> list[int]:
+    """The memory-parallel sizes ``ex``'s world can take for ``model``, the fewest bytes moved per step first."""
+    from dataclasses import replace
+
+    from peerlab.parallel.traffic import comm_bytes
+
+    fsdp = replace(ex, strategy="fsdp")
+    traffic = {m: sum(comm_bytes(model, replace(fsdp, memory_parallel=m)).values())
+               for m in sizes(ex.world, model.shape.d_model)}
+    return sorted(traffic, key=lambda m: (traffic[m], m))
 
 
 def check_layout(m: int, world: int, mixers: list[nn.Module], d_model: int) -> None:
-    """Refuse in one line a memory-parallel size that cannot split this run's tables."""
-    if m == 1:
+    """Refuse in one line a memory-parallel size that cannot split this run's tables (``auto`` always can)."""
+    if m in (1, AUTO):
         return
     if world % m:
         raise ConfigError(f"trainer.memory_parallel={m}: must divide the number of processes ({world} here)")
