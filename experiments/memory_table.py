@@ -88,7 +88,7 @@ def main() -> None:
             peaks = {m: estimate(net, replace(ex, memory_parallel=m)).peak / GIB for m in sizes}
             traffic = {m: sum(comm_bytes(net, replace(ex, memory_parallel=m)).values()) / GB for m in sizes}
 
-            def fits(device_gib: float) -> str:
+            def fits(device_gib: float, peaks=peaks, traffic=traffic) -> str:
                 ok = [m for m in sizes if peaks[m] <= HEADROOM * device_gib]
                 return f"M = {min(ok, key=lambda m: (traffic[m], m))}" if ok else "no"
 
