@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> float | None:
         return _fail(f"training diverged: {exc}; the last good checkpoint is kept in {output_dir(cfg)}/checkpoints "
                      "and results.json has status 'diverged'", EXIT_DIVERGED)
     except Preempted as exc:
-        from peerlab.distributed import global_rank
+        from peerlab.parallel.distributed import global_rank
 
         if global_rank() == 0:  # every rank stops at the same step; one of them says so
             print(f"interrupted: {exc} in {output_dir(cfg)}/checkpoints; {exc.next_action()}", file=sys.stderr, flush=True)

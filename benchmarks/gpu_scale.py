@@ -10,7 +10,7 @@
    against the GPU's bf16 dense peak.
 3. **The cost of ``experiments/isoflop_paper.yaml``**: GPU-hours of every grid point at the measured utilisation
    (the nearest measured width; layer kinds as measured), so a user can cost the grid before submitting it.
-4. **The memory planner against the GPU** (``peerlab.memory``): the largest point of ``isoflop_paper.yaml`` whose
+4. **The memory planner against the GPU** (``peerlab.parallel.memory``): the largest point of ``isoflop_paper.yaml`` whose
    planned one-GPU peak fits this GPU, trained for two steps as that sweep runs it (its micro-batch, accumulation,
    bf16 autocast, chunked loss); ``torch.cuda.max_memory_allocated`` beside the planner's peak. One process: what one
    GPU can check (FSDP's sharding needs several; its per-rank bytes are checked on the CPU by tests/test_fsdp.py).
@@ -286,7 +286,7 @@ def grid_cost(args: argparse.Namespace, report: dict) -> None:
 def planner_check(args: argparse.Namespace, report: dict) -> None:
     """Measured peak of a real training step beside the planner's, at the largest grid point that fits."""
     from peerlab.builders import build_model
-    from peerlab.memory import Execution, estimate
+    from peerlab.parallel.memory import Execution, estimate
     from peerlab.sizes import load_layer
     from peerlab.sweeps.expand import compose_point, grid
 

@@ -1,4 +1,4 @@
-"""How closely FSDP (peerlab.fsdp on Lightning's engine: torch's fully_shard) trains what DDP and one process train,
+"""How closely FSDP (peerlab.parallel.fsdp on Lightning's engine: torch's fully_shard) trains what DDP and one process train,
 per mixer: the numbers behind tests/test_fsdp.py's bounds (1e-6 against DDP, 1e-5 against one process), as a table.
 
     python experiments/fsdp_agreement.py > experiments/results/fsdp/agreement.md

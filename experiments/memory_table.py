@@ -1,5 +1,5 @@
 """The paper grid's peak memory and traffic per GPU under the ways of running it, from the planner's models
-(``peerlab.memory``, ``peerlab.parallel.traffic``): the README's table, and the 16-million-expert rows.
+(``peerlab.parallel.memory``, ``peerlab.parallel.traffic``): the README's table, and the 16-million-expert rows.
 
     python experiments/memory_table.py > experiments/results/memory/isoflop_paper.md
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from peerlab.builders import build_model
-from peerlab.memory import Execution
+from peerlab.parallel.memory import Execution
 from peerlab.parallel.memory_parallel import choose
+from peerlab.parallel.plan import GB, GIB, HEADROOM, estimate
 from peerlab.parallel.traffic import comm_bytes
-from peerlab.plan import GB, GIB, HEADROOM, estimate
 from peerlab.sizes import load_layer
 
 ROOT = Path(__file__).resolve().parents[1]

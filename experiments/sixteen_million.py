@@ -1,6 +1,8 @@
 """PEER with 16 million experts (N = 4096^2) on this CPU: 2 processes, the tables split by columns over both
-(``trainer=fsdp trainer.memory_parallel=2``), a small width (d_model 16) so that the tables (2 x 16.8M x 16 fp32,
-2.1 GB, plus their gradients and AdamW moments) fit two ranks in 24 GB. Measures each rank's peak resident memory
+(``trainer=fsdp trainer.memory_parallel=2``), a small width (d_model 8) so that the tables (2 x 16.8M x 8 fp32,
+1.07 GB, with their gradients and AdamW moments) and the full weights and optimizer state that rank 0 gathers into
+the consolidated ``last.ckpt`` at the end fit two ranks in 24 GB (at d_model 16, rank 0 was killed for memory at
+18 GB while consolidating). Measures each rank's peak resident memory
 (sampled from /proc every 0.2 s), the step time, the loss curve and each rank's share of the tables.
 
     python experiments/sixteen_million.py > experiments/results/memory_parallel/sixteen_million.md
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["layer=peer", "layer.n_experts=16777216", "layer.d_key=32", "model=micro", "model.aspect_ratio=8",
+ARGS = ["layer=peer", "layer.n_experts=16777216", "layer.d_key=32", "model=micro", "model.aspect_ratio=4", "model.head_dim=8",
         "trainer=fsdp", "trainer.memory_parallel=2", "trainer.accelerator=cpu", "trainer.devices=2", "budget=2e12",
         "logger=csv", "trainer.progress_bar=false", "trainer.val_every_steps=35", "run_name=sixteen_million"]
 
@@ -46,12 +48,18 @@ def main() -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="sixteen-million-"))
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"out_dir={out_dir}"], cwd=out_dir,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peaks: dict[str, int] = {"rank 0": 0, "rank 1": 0}
+    # peaks while training, and while the shards are consolidated into one last.ckpt file at the end (rank 0 then
+    # holds the whole model and optimizer state): that phase starts when the consolidated file is being written
+    peaks = {(phase, rank): 0 for phase in ("training", "consolidation and final evaluation") for rank in (0, 1)}
+    ckpts = out_dir / "sixteen_million" / "checkpoints"
+    phase = "training"
     while proc.poll() is None:
-        peaks["rank 0"] = max(peaks["rank 0"], rss_kib(proc.pid))
-        ranks = [c for c in children(proc.pid) if "train.py" in Path(f"/proc/{c}/cmdline").read_text(errors="ignore")]
-        for c in ranks[:1]:
-            peaks["rank 1"] = max(peaks["rank 1"], rss_kib(c))
+        if phase == "training" and any(p.is_file() for p in (ckpts / ".last.ckpt.partial", ckpts / "last.ckpt")):
+            phase = "consolidation and final evaluation"
+        ranks = [proc.pid] + [c for c in children(proc.pid)
+                              if "train.py" in Path(f"/proc/{c}/cmdline").read_text(errors="ignore")][:1]
+        for rank, pid in enumerate(ranks):
+            peaks[phase, rank] = max(peaks[phase, rank], rss_kib(pid))
         time.sleep(0.2)
     log = proc.stdout.read()
     if proc.returncode != 0:
@@ -60,9 +68,10 @@ def main() -> None:
     results = json.loads((run / "results.json").read_text())
     with open(run / "csv" / "metrics.csv") as fh:
         losses = [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(fh) if r.get("train/loss")]
-    n, d = 4096**2, 16
+    n, d = 4096**2, 8
     table_gb = 2 * n * d * 4 / 1e9
-    print("PEER, N = 4096^2 = 16,777,216 experts, d_model 16 (`model=micro model.aspect_ratio=8`), 2 CPU processes, "
+    print("PEER, N = 4096^2 = 16,777,216 experts, d_model 8 (`model=micro model.aspect_ratio=4 model.head_dim=8`), "
+          "2 CPU processes, "
           "`trainer=fsdp trainer.memory_parallel=2`, embedded corpus, budget 2e12 FLOPs "
           "(`python experiments/sixteen_million.py`):\n")
     print("| measure | value |\n|---|---|")
@@ -71,8 +80,8 @@ def main() -> None:
     print(f"| tables per rank (half the columns of each) | {table_gb / 2:.2f} GB |")
     print(f"| planned peak per rank (`python -m peerlab.plan ... trainer.accelerator=cpu`) | "
           f"{results['memory_planned_gib']:.2f} GiB |")
-    for rank, kib in peaks.items():
-        print(f"| peak resident memory, {rank} (sampled every 0.2 s) | {kib / 2**20:.2f} GiB |")
+    for (phase, rank), kib in peaks.items():
+        print(f"| peak resident memory, rank {rank}, {phase} (sampled every 0.2 s) | {kib / 2**20:.2f} GiB |")
     print(f"| steps | {results['steps']} |")
     print(f"| step time (fit time / steps, validation included) | {results['fit_time_s'] / results['steps']:.2f} s |")
     print(f"| training tokens/s (both ranks) | {results['train_tokens_per_s']:.0f} |")

@@ -1,7 +1,7 @@
 """A long two-process gloo DDP run of a small PEER, to compare how PEER's sparse table gradients are reduced (a
 script, not collected by pytest: it runs for minutes).
 
-    python tests/ddp_sparse_stress.py peerlab 100000     # tables ignored by DDP, averaged by peerlab.sparse_allreduce
+    python tests/ddp_sparse_stress.py peerlab 100000     # tables ignored by DDP, averaged by peerlab.parallel.sparse_allreduce
     python tests/ddp_sparse_stress.py ddp 100000         # DDP's own sparse all-reduce (gloo's worker threads)
 
 ``ddp`` is what peerlab did before ``sparse_allreduce.py``: in our runs it died of heap corruption or SIGSEGV after
@@ -22,7 +22,7 @@ from torch import nn
 
 from peerlab.mixers.peer import PEER
 from peerlab.optim import LazyAdamW, clip_grad_norm
-from peerlab.sparse_allreduce import (
+from peerlab.parallel.sparse_allreduce import (
     all_reduce_sparse_mean,
     broadcast_from_rank0,
     ignore_in_ddp,

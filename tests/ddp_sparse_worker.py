@@ -17,7 +17,7 @@ from torch import nn
 
 from peerlab.mixers.peer import PEER
 from peerlab.optim import LazyAdamW, clip_grad_norm
-from peerlab.sparse_allreduce import (
+from peerlab.parallel.sparse_allreduce import (
     all_reduce_sparse_mean,
     broadcast_from_rank0,
     ignore_in_ddp,

@@ -1,4 +1,4 @@
-"""One rank of a 2-process gloo job (tests/test_fsdp.py): every mixer trained a few steps under FSDP (peerlab.fsdp's
+"""One rank of a 2-process gloo job (tests/test_fsdp.py): every mixer trained a few steps under FSDP (peerlab.parallel.fsdp's
 units, LazyAdamW, peerlab's clipping on DTensor gradients) and under DDP from the same weights on the same halves of
 each batch; rank 0 also trains one process on the whole batches. Writes per-step losses, weights and bytes."""
 
@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 from peerlab.builders import build_model
-from peerlab.fsdp import shard_model
 from peerlab.optim import LazyAdamW, clip_grad_norm
+from peerlab.parallel.fsdp import shard_model
 from peerlab.sizes import load_layer
 
 LAYERS = {  # tiny sizes of every mixer; dense tables (FSDP reduces dense gradients only)

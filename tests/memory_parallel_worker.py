@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 from peerlab.builders import build_model
-from peerlab.fsdp import shard_model
 from peerlab.optim import LazyAdamW, clip_grad_norm
+from peerlab.parallel.fsdp import shard_model
 from peerlab.parallel.memory_parallel import build_mesh, reduce_table_grads, shard_tables
 from peerlab.sizes import load_layer
 

@@ -1,4 +1,4 @@
-"""The memory model (``peerlab.memory``) against what this CPU measures, for every mixer at small sizes:
+"""The memory model (``peerlab.parallel.memory``) against what this CPU measures, for every mixer at small sizes:
 parameter and optimizer bytes exactly, saved activations against torch's saved-tensor hooks (10%), and the peak of
 a real training step against the profiler's allocation trace (25%)."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peerlab.memory import Execution, estimate
 from peerlab.memory_probe import (
     PROBE_LAYERS,
     PROBE_SETTINGS,
@@ -17,6 +16,7 @@ from peerlab.memory_probe import (
     step_peak,
     step_peaks,
 )
+from peerlab.parallel.memory import Execution, estimate
 
 LAYERS = PROBE_LAYERS
 model_for = probe_model
@@ -72,7 +72,7 @@ def test_fsdp_shards_states_and_adds_gathered_units():
 
 @pytest.mark.parametrize("param_bytes,expected", [(4, 4), (2, 6), (8, 8)], ids=["fp32", "bf16", "fp64"])
 def test_fsdp_unsharded_gradients_by_dtype(param_bytes, expected):
-    from peerlab.memory import fsdp_unsharded_grad_bytes
+    from peerlab.parallel.memory import fsdp_unsharded_grad_bytes
 
     # bf16 units: a bf16 gradient and its float32 copy for the float32 reduce-scatter; float32 and float64: one copy
     assert fsdp_unsharded_grad_bytes(1000, param_bytes) == 1000 * expected

@@ -152,23 +152,21 @@ def test_a_split_run_trains_to_the_loss_of_whole_tables_and_its_checkpoint_evalu
     assert val_loss == pytest.approx(split["final_val_loss"], abs=1e-6)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("resume_m", [2, 1])
-def test_sigterm_at_m2_resumes_at_m2_bit_identically_and_at_m1_from_the_same_shards(trained, tmp_path, resume_m):
+def interrupt_after_first_checkpoint(extra: list[str], out: Path) -> None:
+    """Start ``train.py`` with ``extra``, SIGTERM it once its first sharded checkpoint is whole, and wait."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    from test_fsdp import COMMON, TWO, results, rows
+    from test_fsdp import COMMON
 
     from conftest import ROOT
 
-    split = ["trainer=fsdp", *TWO, "trainer.memory_parallel=2", f"out_dir={tmp_path}", "run_name=r"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *COMMON, *split], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    ckpt = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *COMMON, *extra, f"out_dir={out}", "run_name=r"],
+                            cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ckpt = out / "r" / "checkpoints" / "last.ckpt"
     try:
         deadline = time.time() + 300
         while not (ckpt / "meta.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -181,14 +179,40 @@ def test_sigterm_at_m2_resumes_at_m2_bit_identically_and_at_m1_from_the_same_sha
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 143 and ckpt.is_dir(), err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_m", [2, 1])
+def test_sigterm_at_m2_resumes_at_m2_bit_identically_and_at_m1_from_the_same_shards(trained, tmp_path, resume_m):
+    from test_fsdp import TWO, results, rows
+
+    interrupt_after_first_checkpoint(["trainer=fsdp", *TWO, "trainer.memory_parallel=2"], tmp_path)
     train_runs(tmp_path, ("r", [f"trainer.memory_parallel={resume_m}"]))
     a, b = results(trained / "split"), results(tmp_path / "r")
-    assert 0 < b["resumed_from_step"] < a["steps"]
+    assert 0 < b["resumed_from_step"] < a["steps"] and b["memory_parallel"] == resume_m
     if resume_m == 2:  # the same layout: bit-identical
         assert b["final_val_loss"] == a["final_val_loss"]
         assert rows(tmp_path / "r", "train/loss") == rows(trained / "split", "train/loss")
     else:  # torch's distributed checkpoint re-read the column shards as FSDP's row shards
         assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_saved_at_m2_of_4_processes_resumes_at_m4(trained, tmp_path):
+    """4 processes of 2 sequences see the batches 2 processes of 4 see (LayerNorm queries: no per-rank statistics),
+    so the resumed run ends where the 2-process split run ended, up to rounding."""
+    from test_fsdp import COMMON, results
+
+    from conftest import run_train
+
+    four = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=4", "data.batch_size=2"]
+    interrupt_after_first_checkpoint([*four, "trainer.memory_parallel=2"], tmp_path)
+    proc = run_train(*COMMON, *four, "trainer.memory_parallel=4", f"out_dir={tmp_path}", "run_name=r", cwd=tmp_path,
+                     timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = results(tmp_path / "r")
+    assert resumed["resumed_from_step"] > 0 and resumed["memory_parallel"] == 4 and resumed["world_size"] == 4
+    assert resumed["final_val_loss"] == pytest.approx(results(trained / "split")["final_val_loss"], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -199,7 +223,7 @@ def test_the_planner_counts_the_bytes_that_pass_through_the_process_group(jobs, 
     from memory_parallel_worker import MODEL, VOCAB
 
     from peerlab.builders import build_model
-    from peerlab.memory import Execution
+    from peerlab.parallel.memory import Execution
     from peerlab.parallel.traffic import comm_bytes
     from peerlab.sizes import load_layer
 

@@ -104,7 +104,7 @@ ARGPARSE = [
     ("peerlab.sweeps", ["status", "NOWHERE"], "error: NOWHERE: no such folder"),
     ("peerlab.sweeps", ["status", "DIR"], "error: DIR: not a sweep folder (no multirun.yaml"),
     ("peerlab.sweeps", [], "error: the following arguments are required: command"),
-    ("peerlab.plan", ["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
+    ("peerlab.parallel.plan", ["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
     ("peerlab.analysis", ["DIR", "--out", "OUT", "--series", "layer.name"], "error: --series layer.name: needs --ablation"),
     ("peerlab.analysis", ["DIR", "--out", "/etc/hostname"], "error: argument --out: '/etc/hostname' is a file, not a folder"),
     ("peerlab.analysis.per_source", ["DIR", "--out", "DIR"], "error: argument --out: 'DIR' is a folder; give a file name"),

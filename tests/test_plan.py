@@ -18,7 +18,7 @@ def plan(*args: str, check: bool = True) -> SimpleNamespace:
     import io
     import os
 
-    from peerlab.plan import main
+    from peerlab.parallel.plan import main
 
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
     os.chdir(ROOT)
@@ -111,7 +111,7 @@ def test_a_point_nothing_fits_says_how_much_it_needs():
     (["budget=abc"], "error: "),
 ])
 def test_mistakes_are_one_line(args, expected, capsys, monkeypatch):
-    from peerlab.plan import main
+    from peerlab.parallel.plan import main
 
     monkeypatch.chdir(ROOT)  # -cd experiments, as from the repository's root
     try:
@@ -125,7 +125,7 @@ def test_mistakes_are_one_line(args, expected, capsys, monkeypatch):
 
 def test_a_training_run_on_a_gpu_too_small_is_refused_with_what_fits(compose, monkeypatch):
     from peerlab.config import ConfigError
-    from peerlab.plan import _meta_model, check_run
+    from peerlab.parallel.plan import _meta_model, check_run
 
     cfg = compose("model=d12", "layer=peer", "tokenizer=gpt2", "data.seq_len=2048", "data.batch_size=16", tiny=False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (40 * 2**30, 40 * 2**30))
@@ -141,7 +141,7 @@ def test_a_training_run_on_a_gpu_too_small_is_refused_with_what_fits(compose, mo
 
 def test_a_run_is_refused_at_the_plans_threshold_against_free_memory(compose, monkeypatch):
     from peerlab.config import ConfigError
-    from peerlab.plan import _meta_model, check_run
+    from peerlab.parallel.plan import _meta_model, check_run
 
     cfg = compose("model=d12", "layer=peer", "tokenizer=gpt2", "data.seq_len=2048", "data.batch_size=4", tiny=False)
     peak = check_run(lambda: _meta_model(cfg), cfg, world=1, cuda=False)[0].peak  # the same plan, not checked
@@ -155,7 +155,7 @@ def test_a_run_is_refused_at_the_plans_threshold_against_free_memory(compose, mo
 
 
 def test_small_models_print_their_sizes_and_memory(compose):
-    from peerlab.plan import plan_point, table
+    from peerlab.parallel.plan import plan_point, table
 
     row = plan_point(compose("model=tiny", "budget=1e10"), ["model=tiny"], 80.0, device="cpu")
     line = table([row]).splitlines()[-1]
@@ -164,7 +164,7 @@ def test_small_models_print_their_sizes_and_memory(compose):
 
 
 def test_trainer_auto_plans_the_device_a_run_would_take(compose, monkeypatch):
-    from peerlab.plan import device_type
+    from peerlab.parallel.plan import device_type
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert device_type(compose("trainer=default")) == "cpu"  # Lightning's auto on a machine without a GPU
@@ -187,8 +187,8 @@ def test_the_plan_does_not_depend_on_triton_being_installed_here(monkeypatch):
 
 
 def test_a_suggestion_may_switch_peer_to_its_chunked_path(compose, monkeypatch):
-    import peerlab.plan
-    from peerlab.plan import _meta_model, estimate, execution, model_variants, what_fits
+    import peerlab.parallel.plan
+    from peerlab.parallel.plan import _meta_model, estimate, execution, model_variants, what_fits
 
     cfg = compose("model=d24", "layer=peer", "tokenizer=gpt2", "data.seq_len=2048", "data.batch_size=4",
                   "trainer=fsdp", "trainer.devices=8", "trainer.accumulate_grad_batches=4", "trainer.precision=bf16-mixed",
@@ -199,7 +199,7 @@ def test_a_suggestion_may_switch_peer_to_its_chunked_path(compose, monkeypatch):
     triton = estimate(_meta_model(cfg), ex).peak
     chunked = estimate(variants[0][1](), ex).peak
     assert chunked < triton  # one buffer of the used rows' sums, not two
-    monkeypatch.setattr(peerlab.plan, "_candidates", lambda ex, splits=(): [])  # no change of the step itself to try
+    monkeypatch.setattr(peerlab.parallel.plan, "_candidates", lambda ex, splits=(): [])  # no change of the step itself to try
     change, _ = what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2, variants)
     assert change is not None and change.overrides == ("layer.impl=chunked",) and change.estimate.peak == chunked
     assert what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2)[0] is None  # without it, nothing fits
@@ -216,7 +216,7 @@ def test_a_suggestion_considers_memory_parallelism_first_for_tables(cache_dir):
 
 
 def test_memory_parallel_auto_is_one_without_tables_or_ranks():
-    from peerlab.memory import Execution
+    from peerlab.parallel.memory import Execution
     from peerlab.parallel.memory_parallel import choose
 
     with torch.device("meta"):
@@ -230,3 +230,40 @@ def test_memory_parallel_auto_is_one_without_tables_or_ranks():
     ex = Execution(strategy="fsdp", world=8, micro_batch=4, accumulate=4)
     assert choose(dense, ex) == 1 and choose(peer, ex) == 8
     assert choose(peer, Execution(strategy="ddp", world=8)) == 1 and choose(peer, Execution(strategy="fsdp", world=1)) == 1
+
+
+def test_step_time_and_gpu_hours_follow_their_counts():
+    """The time model's parts are the plan's own counts over the card's constants: matmul FLOPs at the assumed share
+    of the peak, the optimizer's bytes at HBM bandwidth, the plan's bytes at NCCL's bus bandwidth."""
+    from omegaconf import OmegaConf
+
+    from peerlab.builders import build_model
+    from peerlab.flops import flops_breakdown
+    from peerlab.parallel.memory import Execution
+    from peerlab.parallel.step_time import ADAMW_BYTES, GPUS, MATMUL_EFFICIENCY, step_time
+    from peerlab.parallel.traffic import comm_bytes
+    from peerlab.sizes import load_layer
+
+    with torch.device("meta"):
+        dense = build_model(OmegaConf.load(ROOT / "configs" / "model" / "d12.yaml"), load_layer("ffw"), 50257, 2048)
+    ex = Execution(strategy="fsdp", world=8, micro_batch=4, accumulate=4, loss_chunk_tokens=8192)
+    gpu = GPUS["h100"]
+    flops = flops_breakdown(dense).train
+    t = step_time(dense, ex, flops, gpu)
+    tokens = 4 * 4 * 2048
+    assert t.matmul_s == pytest.approx((flops * tokens / (989.4e12 * MATMUL_EFFICIENCY[1]),
+                                        flops * tokens / (989.4e12 * MATMUL_EFFICIENCY[0])))
+    assert t.tables_s == pytest.approx(dense.num_params() / 8 * ADAMW_BYTES / 3.35e12)  # no tables: the optimizer
+    assert t.comm_s == pytest.approx(sum(comm_bytes(dense, ex).values()) / 470e9)
+    assert t.step_s == (max(t.matmul_s[0] + t.tables_s, t.comm_s), t.matmul_s[1] + t.tables_s + t.comm_s)
+    row = json.loads(plan("-cd", "experiments", "-cn", "isoflop_paper", "--gpu", "h100", "--json", "budget=6e18",
+                          "model=d12", "layer=ffw").stdout)[0]
+    assert row["device_gb"] == 80 and row["step_s"] == pytest.approx(list(t.step_s))
+    assert row["gpu_hours"] == pytest.approx([row["steps"] * s * 8 / 3600 for s in t.step_s])
+    assert row["tokens_per_s"] == pytest.approx([128 * 2048 / s for s in reversed(t.step_s)])
+
+
+def test_the_readme_lists_the_cards_the_time_model_knows():
+    from peerlab.parallel.step_time import constants_table
+
+    assert constants_table() in (ROOT / "README.md").read_text()

@@ -184,7 +184,7 @@ def test_status_command_without_a_sweep_is_one_line(tmp_path, capsys):
 
 
 def test_ranks_resolve_as_lightning_does_under_srun(monkeypatch):
-    from peerlab.distributed import global_rank, local_rank
+    from peerlab.parallel.distributed import global_rank, local_rank
 
     for key in ("LOCAL_RANK", "RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
         monkeypatch.delenv(key, raising=False)
@@ -217,7 +217,7 @@ def test_a_rank_above_zero_writes_its_own_log(tmp_path):
 
 
 def test_ranks_resolve_under_lightnings_own_launcher(monkeypatch):
-    from peerlab.distributed import global_rank, local_rank
+    from peerlab.parallel.distributed import global_rank, local_rank
 
     for key in ("RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID"):
         monkeypatch.delenv(key, raising=False)

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from peerlab.checkpointing import UnsafeCheckpoint
-from peerlab.sharded_checkpoint import partial_path, previous_path, read_metadata, recover, replace
+from peerlab.parallel.sharded_checkpoint import partial_path, previous_path, read_metadata, recover, replace
 
 
 class _Payload:

@@ -1,4 +1,4 @@
-"""Our all-reduce of sparse expert-table gradients (``peerlab.sparse_allreduce``) in real two-process gloo jobs,
+"""Our all-reduce of sparse expert-table gradients (``peerlab.parallel.sparse_allreduce``) in real two-process gloo jobs,
 against float64 references computed in one process."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from peerlab.sparse_allreduce import sparse_grad_params
+from peerlab.parallel.sparse_allreduce import sparse_grad_params
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

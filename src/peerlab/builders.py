@@ -71,7 +71,7 @@ def build_corpus(data_cfg: Any):
 
 def build_datamodule(cfg: Any, progress: bool = True):
     from peerlab.data.datamodule import TextDataModule
-    from peerlab.distributed import local_rank
+    from peerlab.parallel.distributed import local_rank
 
     d = cfg.data
     return TextDataModule(build_corpus(d), seq_len=d.seq_len, batch_size=d.batch_size, tokenizer=_plain(cfg.tokenizer),

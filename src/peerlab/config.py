@@ -165,7 +165,7 @@ class TrainerConfig:
     matmul_precision: str = "auto"  # float32 matmuls: auto = "high" (TF32) on CUDA unless set in torch already
     activation_checkpointing: bool = False  # recompute each block in backward: its input is all it keeps
     loss_chunk_tokens: int = 8192  # the LM head's loss this many tokens at a time (0: the whole micro-batch)
-    check_memory: bool = True  # on CUDA, refuse a run whose planned peak exceeds the GPU (peerlab.plan)
+    check_memory: bool = True  # on CUDA, refuse a run whose planned peak exceeds the GPU (peerlab.parallel.plan)
     memory_parallel: Any = 1  # trainer=fsdp: split the expert tables by columns over groups of this many ranks; auto
 
 

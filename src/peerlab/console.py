@@ -40,7 +40,7 @@ WARNING_NOISE = (
     (r"The `srun` command is available on your system but is not used", UserWarning,
      r"lightning\.fabric\.plugins\.environments\.slurm"),
     # FSDP2 warns when a unit returns a view; a mixer's output (b, t, d) is a view of its (tokens, d) result, and
-    # the block adds it to the residual stream out of place, which keeps FSDP's backward hook (peerlab.fsdp).
+    # the block adds it to the residual stream out of place, which keeps FSDP's backward hook (peerlab.parallel.fsdp).
     (r"FSDP2-wrapped module \(FSDP\w+\) returned a view tensor", UserWarning,
      r"torch\.distributed\.fsdp\._fully_shard\._fsdp_state"),
     # The validation loss and usage that peerlab logs on epoch level are already summed over ranks by peerlab.

@@ -188,7 +188,7 @@ def checkpoints(cfg: Any) -> list[str]:
     for ckpt in ckpts:
         path = Path(str(ckpt)).expanduser()
         if path.is_dir():
-            from peerlab.sharded_checkpoint import is_sharded
+            from peerlab.parallel.sharded_checkpoint import is_sharded
 
             hint = ("a sharded checkpoint of an FSDP run that did not finish: finish it (rerun its command), or consolidate "
                     f"it with python -m lightning.fabric.utilities.consolidate_checkpoint {path}") if is_sharded(path) else (

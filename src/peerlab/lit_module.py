@@ -15,7 +15,7 @@ from peerlab.flops import flops_breakdown
 from peerlab.lm_loss import IGNORE
 from peerlab.mixers.sparse_grads import process_group
 from peerlab.optim import LazyAdamW, clip_grad_norm
-from peerlab.sparse_allreduce import (
+from peerlab.parallel.sparse_allreduce import (
     all_reduce_sparse_mean,
     broadcast_from_rank0,
     ignore_in_ddp,
@@ -82,7 +82,7 @@ class LanguageModel(L.LightningModule):
 
     @property
     def sharded(self) -> bool:
-        """Trained with ``trainer=fsdp`` (peerlab.strategies.ShardedStrategy)."""
+        """Trained with ``trainer=fsdp`` (peerlab.parallel.strategies.ShardedStrategy)."""
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         return self._trainer is not None and isinstance(self._trainer.strategy, ModelParallelStrategy)
@@ -104,8 +104,8 @@ class LanguageModel(L.LightningModule):
         self._reduced_here = list(sparse.values())
 
     def configure_model(self) -> None:
-        """Under ``trainer=fsdp``: cut the model into FSDP units (``peerlab.fsdp``), once."""
-        from peerlab.fsdp import blocks_dtype, is_sharded, shard_model
+        """Under ``trainer=fsdp``: cut the model into FSDP units (``peerlab.parallel.fsdp``), once."""
+        from peerlab.parallel.fsdp import blocks_dtype, is_sharded, shard_model
 
         if not self.sharded or is_sharded(self.model):
             return

@@ -1,4 +1,4 @@
-"""What this CPU measures of a training step's memory, to hold ``peerlab.memory``'s model against.
+"""What this CPU measures of a training step's memory, to hold ``peerlab.parallel.memory``'s model against.
 
 - :func:`saved_bytes`: the bytes autograd saves for backward during a forward pass, through torch's saved-tensor
   hooks, each storage counted once and parameters left out.
@@ -120,8 +120,8 @@ def step_peak(model, batch: int, seq_len: int, precision: str = "32-true", accum
 
 def saved_activations(layer: str, precision: str, batch: int = 8, seq_len: int = 64) -> tuple[int, int]:
     """``(planned, measured)`` bytes saved for backward by a forward pass of the probe model with ``layer``:
-    ``peerlab.memory``'s estimate against the saved-tensor hooks."""
-    from peerlab.memory import Execution, estimate
+    ``peerlab.parallel.memory``'s estimate against the saved-tensor hooks."""
+    from peerlab.parallel.memory import Execution, estimate
 
     model = probe_model(layer, seq_len=seq_len)
     x = torch.randint(0, PROBE_VOCAB, (batch, seq_len), generator=torch.Generator().manual_seed(1))
@@ -139,8 +139,8 @@ def saved_activations(layer: str, precision: str, batch: int = 8, seq_len: int =
 
 def step_peaks(layer: str, setting: tuple, batch: int = 8, seq_len: int = 64):
     """``(estimate, measured peak)`` of one training step of the probe model with ``layer`` in a
-    :data:`PROBE_SETTINGS` setting: ``peerlab.memory``'s estimate against the profiler's allocation trace."""
-    from peerlab.memory import Execution, estimate
+    :data:`PROBE_SETTINGS` setting: ``peerlab.parallel.memory``'s estimate against the profiler's allocation trace."""
+    from peerlab.parallel.memory import Execution, estimate
 
     precision, accumulate, chunk, checkpointing = setting
     model = probe_model(layer, seq_len=seq_len)

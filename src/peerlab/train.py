@@ -16,21 +16,22 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from peerlab import __version__, run_folder, saved_settings, sharded_checkpoint
+from peerlab import __version__, run_folder, saved_settings
 from peerlab.builders import build_datamodule, dense_backbone_params
 from peerlab.checkpointing import LAST, AtomicCheckpointIO, LastCheckpoint, load_checkpoint_dict
 from peerlab.config import sci, validate
 from peerlab.console import one_log_per_rank, quiet_third_party
-from peerlab.distributed import global_rank, world_size
 from peerlab.flops import flops_breakdown, plan_budget, tokens_per_step
 from peerlab.lit_module import LanguageModel
 from peerlab.loggers import build_loggers, finish_loggers, run_folders, sync_command, wandb_summary
-from peerlab.plan import check_run
+from peerlab.parallel import sharded_checkpoint
+from peerlab.parallel.distributed import global_rank, world_size
+from peerlab.parallel.plan import check_run
+from peerlab.parallel.strategies import ShardedStrategy, build_strategy, strategy_name
 from peerlab.preemption import Preempted, Preemption
 from peerlab.progress import BudgetProgressBar
 from peerlab.run_folder import RESULTS, write_results
 from peerlab.run_lock import RunLock
-from peerlab.strategies import ShardedStrategy, build_strategy, strategy_name
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +167,11 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
         model=as_dict(cfg.model), layer=as_dict(cfg.layer), optim=as_dict(cfg.optim), vocab_size=dm.vocab_size,
         seq_len=data.seq_len, tokens_per_step=step_tokens, budget=float(cfg.budget),
     )
-    def meta_model():  # FLOPs and memory need shapes only, not a second copy of (possibly huge) expert tables
-        with torch.device("meta"):
-            return LanguageModel(**module_args, max_steps=1).model
-
-    flops = flops_breakdown(meta_model())
+    with torch.device("meta"):  # FLOPs, memory and traffic need shapes only, not a copy of (huge) expert tables
+        meta = LanguageModel(**module_args, max_steps=1).model
+    flops = flops_breakdown(meta)
     plan = plan_budget(float(cfg.budget), flops.train, step_tokens, cfg.min_steps)
-    memory, ex = check_run(meta_model, cfg, n_procs, cuda)  # refuses, before allocating, what cannot fit the GPU
+    memory, ex = check_run(lambda: meta, cfg, n_procs, cuda)  # refuses, before allocating, what cannot fit the GPU
     torch.manual_seed(cfg.seed)  # initial weights depend on the seed only, not on what data preparation drew
     module = LanguageModel(**module_args, max_steps=plan.max_steps)
     module.configure_execution(cfg.trainer.get("loss_chunk_tokens", 0), cfg.trainer.get("activation_checkpointing", False))

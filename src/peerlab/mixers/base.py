@@ -25,7 +25,7 @@ class Precision:
 @dataclass(frozen=True)
 class ActivationMemory:
     """What a mixer holds for one micro-batch during a training step, besides its parameters and their ``.grad``
-    (``peerlab.memory`` adds those). Bytes, for the whole micro-batch.
+    (``peerlab.parallel.memory`` adds those). Bytes, for the whole micro-batch.
 
     - ``saved``: kept by autograd from the forward to the backward pass, the mixer's copy of its input included.
     - ``forward_peak``: the most held at once inside its forward on top of ``saved`` (scores, gather buffers).
@@ -52,12 +52,13 @@ class Mixer(nn.Module):
     - :meth:`reset_usage` / :meth:`usage_stats`: routing statistics accumulated in eval mode (sparse layers).
     - :meth:`optimizer_groups`: named parameter groups that need their own optimizer settings.
     - :meth:`prepare_for_backend`: settle what depends on the process group, before DDP wraps the model.
-    - :meth:`activation_memory`: the bytes a training step's micro-batch holds in it (``peerlab.memory``).
+    - :meth:`activation_memory`: the bytes a training step's micro-batch holds in it (``peerlab.parallel.memory``).
     - :meth:`usage_tensors`: the tensors behind :meth:`usage_stats`, summed over data-parallel ranks.
     - :attr:`full_precision`: True for a mixer that runs its forward in its parameters' precision with autocast
       off (retrieval in float32); sharded training keeps such a mixer's parameters in float32.
     - :meth:`expert_tables` / :attr:`tables_group`: the tables memory parallelism splits by columns, and the group
-      they are split over once it has (``peerlab.parallel.memory_parallel``).
+      they are split over once it has (``peerlab.parallel.memory_parallel``); :meth:`rows_per_token`,
+      :meth:`split_activation_memory` and :meth:`split_bytes_per_token` describe the split layer to the planner.
     """
 
     aux_loss: torch.Tensor | None = None
@@ -102,6 +103,19 @@ class Mixer(nn.Module):
     def expert_tables(self) -> dict[str, nn.Parameter]:
         """The N x d_model tables whose rows the layer retrieves, by parameter name (``down.weight``): what
         ``trainer.memory_parallel`` splits by columns. Empty for a mixer without such tables."""
+        return {}
+
+    def rows_per_token(self) -> int:
+        """Table rows one token retrieves (heads x k); 0 for a mixer without tables."""
+        return 0
+
+    def split_activation_memory(self, tokens: int, precision: Precision, m: int,
+                                device_type: str = "cuda") -> ActivationMemory:
+        """:meth:`activation_memory` when :meth:`expert_tables` are split by columns over ``m`` ranks."""
+        raise NotImplementedError(f"{type(self).__name__} has no tables to split")
+
+    def split_bytes_per_token(self, m: int, float_bytes: int = 4) -> dict[str, float]:
+        """Bytes each rank sends per token of its own, by collective, with the tables split over ``m`` ranks."""
         return {}
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -63,9 +63,16 @@ class MemoryPlus(PKM):
         return super().active_params() + 2 * self.d_model**2
 
     def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
-        """PKM's read, plus the gate's: autocast's copy of the input, the gate and its SiLU, the read (float32) and
-        the gated product (or autocast's copy of it) that W2 keeps."""
-        read = super().activation_memory(tokens, precision, device_type)
+        """PKM's read, plus the gate's (:meth:`_with_gate`)."""
+        return self._with_gate(super().activation_memory(tokens, precision, device_type), tokens, precision)
+
+    def split_activation_memory(self, tokens: int, precision: Precision, m: int,
+                                device_type: str = "cuda") -> ActivationMemory:
+        return self._with_gate(super().split_activation_memory(tokens, precision, m, device_type), tokens, precision)
+
+    def _with_gate(self, read: ActivationMemory, tokens: int, precision: Precision) -> ActivationMemory:
+        """The read's, plus the gate's: autocast's copy of the input, the gate and its SiLU, the read (float32) and the
+        gated product (or autocast's copy of it) that W2 keeps."""
         c, f, d = precision.matmul_bytes, precision.float_bytes, self.d_model
         gate = tokens * d * ((c if precision.autocast else 0) + 2 * c + f + c)
         return ActivationMemory(saved=read.saved + gate, forward_peak=read.forward_peak,

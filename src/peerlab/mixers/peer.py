@@ -21,7 +21,12 @@ from torch import nn
 
 from peerlab.mixers.activations import activation_fn
 from peerlab.mixers.base import ActivationMemory, Mixer, MixerConfigError, Precision
-from peerlab.mixers.column_shards import local_columns, peer_experts_sharded
+from peerlab.mixers.column_shards import (
+    bytes_per_token,
+    local_columns,
+    peer_experts_sharded,
+    split_activation_memory,
+)
 from peerlab.mixers.matched_sizes import MIN_PARAM_RATIO, fill_sizes
 from peerlab.mixers.peer_experts import experts_chunked, experts_torch
 from peerlab.mixers.product_keys import ProductKeyRouter
@@ -146,7 +151,7 @@ class PEER(Mixer):
         """The router's, plus the retrieved indices and the experts' pre-activations (``torch``: also the gathered
         down rows, tokens x h*k x d_model). Backward holds the activation gradients, the occurrences sorted by row
         and, when the table gradients are dense, the used rows' sums before they are scattered into N rows (two
-        such buffers at once in ``triton``); a sparse gradient is those sums itself (``peerlab.memory`` counts it)."""
+        such buffers at once in ``triton``); a sparse gradient is those sums itself (``peerlab.parallel.memory`` counts it)."""
         f, hk, d = precision.float_bytes, self.heads * self.k, self.d_model
         router = self.router.activation_memory(tokens, f)
         # auto on CUDA is Triton's kernels: planned as such whether or not the planning machine has Triton (torch's
@@ -181,6 +186,21 @@ class PEER(Mixer):
 
     def expert_tables(self) -> dict[str, nn.Parameter]:
         return {"down.weight": self.down.weight, "up.weight": self.up.weight}
+
+    def rows_per_token(self) -> int:
+        return self.heads * self.k
+
+    def split_activation_memory(self, tokens: int, precision: Precision, m: int,
+                                device_type: str = "cuda") -> ActivationMemory:
+        """The router's, and the split experts' (``column_shards.split_activation_memory``)."""
+        router = self.router.activation_memory(tokens, precision.float_bytes)
+        saved, forward, backward = split_activation_memory("peer", tokens, m, self.d_model, self.heads * self.k,
+                                                           self.n_experts, precision.float_bytes, self.chunk_tokens)
+        return ActivationMemory(saved=router.saved + saved, forward_peak=max(router.forward_peak, forward),
+                                backward_peak=max(router.backward_peak, backward))
+
+    def split_bytes_per_token(self, m: int, float_bytes: int = 4) -> dict[str, float]:
+        return bytes_per_token("peer", self.d_model, self.heads * self.k, m, float_bytes)
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"peer_experts": [self.down.weight, self.up.weight], "product_keys": [self.router.keys]}

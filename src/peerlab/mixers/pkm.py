@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from peerlab.mixers.base import ActivationMemory, Mixer, Precision
-from peerlab.mixers.column_shards import local_columns, weighted_bag_sharded
+from peerlab.mixers.column_shards import (
+    bytes_per_token,
+    local_columns,
+    split_activation_memory,
+    weighted_bag_sharded,
+)
 from peerlab.mixers.matched_sizes import fill_sizes
 from peerlab.mixers.product_keys import ProductKeyRouter, weighted_bag
 
@@ -66,7 +71,7 @@ class PKM(Mixer):
 
     def activation_memory(self, tokens: int, precision: Precision, device_type: str = "cuda") -> ActivationMemory:
         """The router's, plus the bag's indices and offsets; backward: the bag's per-sample weight gradients and
-        its sorted indices (the values' dense gradient is ``.grad``, which ``peerlab.memory`` counts)."""
+        its sorted indices (the values' dense gradient is ``.grad``, which ``peerlab.parallel.memory`` counts)."""
         f, hk = precision.float_bytes, self.heads * self.k
         router = self.router.activation_memory(tokens, f)
         return ActivationMemory(
@@ -86,6 +91,21 @@ class PKM(Mixer):
 
     def expert_tables(self) -> dict[str, nn.Parameter]:
         return {"values": self.values}
+
+    def rows_per_token(self) -> int:
+        return self.heads * self.k
+
+    def split_activation_memory(self, tokens: int, precision: Precision, m: int,
+                                device_type: str = "cuda") -> ActivationMemory:
+        """The router's, and the split read's (``column_shards.split_activation_memory``)."""
+        router = self.router.activation_memory(tokens, precision.float_bytes)
+        saved, forward, backward = split_activation_memory("pkm", tokens, m, self.d_model, self.heads * self.k,
+                                                           self.n_memories, precision.float_bytes)
+        return ActivationMemory(saved=router.saved + saved, forward_peak=max(router.forward_peak, forward),
+                                backward_peak=max(router.backward_peak, backward))
+
+    def split_bytes_per_token(self, m: int, float_bytes: int = 4) -> dict[str, float]:
+        return bytes_per_token("pkm", self.d_model, self.heads * self.k, m, float_bytes)
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"pkm_values": [self.values], "product_keys": [self.router.keys]}

@@ -11,7 +11,7 @@ The W processes form a 2-D ``DeviceMesh`` ``(W / M, M)`` named ``("replica", "me
   gradient of all its group's tokens; :func:`reduce_table_grads` sums that over the replicas, once per optimizer
   step (not per micro-batch), and divides by W: the mean over every rank's tokens, what FSDP takes at M = 1;
 - everything else, retrieval included, is sharded by FSDP over all W ranks exactly as ``trainer=fsdp`` shards it
-  (:mod:`peerlab.fsdp`, which leaves the tables alone through ``fully_shard(ignored_params=...)``); every rank
+  (:mod:`peerlab.parallel.fsdp`, which leaves the tables alone through ``fully_shard(ignored_params=...)``); every rank
   trains on its own share of the batches, as at M = 1.
 """
 

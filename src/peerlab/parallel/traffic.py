@@ -5,25 +5,24 @@ of ``S`` bytes in all: an all-gather or a reduce-scatter sends ``S (n - 1) / n``
 an all-to-all ``(n - 1) / n`` of each rank's input. ``tests/test_memory_parallel.py`` holds these sums against the
 bytes that pass through a gloo process group in a real step.
 
-- **FSDP** (``trainer=fsdp``; units as :func:`peerlab.fsdp.units` cuts them): every micro-batch gathers each unit
+- **FSDP** (``trainer=fsdp``; units as :func:`peerlab.parallel.fsdp.units` cuts them): every micro-batch gathers each unit
   before its forward and again before its backward (the root once: it stays gathered), in the dtype the unit is
   gathered in, and reduce-scatters its gradients in float32. Lightning does not skip the reduce-scatter while
   gradients accumulate, so all of it is paid ``trainer.accumulate_grad_batches`` times a step.
 - **Memory parallel** (``trainer.memory_parallel=M``): per token of each micro-batch, each split layer's
-  collectives (:func:`peerlab.mixers.column_shards.bytes_per_token`); once a step, the table shards' gradients
+  collectives (``Mixer.split_bytes_per_token``: :func:`peerlab.mixers.column_shards.bytes_per_token`); once a step, the table shards' gradients
   all-reduced over the ``W / M`` replicas.
 - **DDP**: once a step (its ``no_sync`` while accumulating), an all-reduce of every dense gradient; a table with
-  sparse row gradients all-gathers the rows each rank used (``peerlab.sparse_allreduce``).
+  sparse row gradients all-gathers the rows each rank used (``peerlab.parallel.sparse_allreduce``).
 
 Left out: the loss and metric reductions (a few scalars), validation, checkpoints.
 """
 
 from __future__ import annotations
 
-from peerlab.fsdp import units as fsdp_units
-from peerlab.memory import Execution, _rows_used, _sparse_tables, table_ids
-from peerlab.mixers.column_shards import bytes_per_token
 from peerlab.model import Transformer
+from peerlab.parallel.fsdp import units as fsdp_units
+from peerlab.parallel.memory import Execution, _rows_used, _sparse_tables, table_ids
 
 REDUCE_BYTES = 4  # FSDP reduces gradients in float32 (MixedPrecisionPolicy(reduce_dtype=float32)), DDP in theirs
 
@@ -47,14 +46,8 @@ def comm_bytes(model: Transformer, ex: Execution) -> dict[str, float]:
         out["FSDP reduce-scatters"] = a * reduce * (w - 1) / w
         if split:
             m, replicas = ex.memory_parallel, w // ex.memory_parallel
-            from peerlab.mixers.peer import PEER
-
             for mixer in model.mixers:
-                if not mixer.expert_tables():
-                    continue
-                kind = "peer" if isinstance(mixer, PEER) else "pkm"
-                per_token = bytes_per_token(kind, mixer.d_model, mixer.heads * mixer.k, m, f)
-                for name, b in per_token.items():
+                for name, b in mixer.split_bytes_per_token(m, f).items():
                     key = f"memory parallel: {name}"
                     out[key] = out.get(key, 0.0) + a * ex.tokens * b
             if replicas > 1:

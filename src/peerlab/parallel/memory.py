@@ -31,12 +31,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from peerlab.config import precision_name
-from peerlab.fsdp import blocks_dtype
-from peerlab.fsdp import units as fsdp_units
 from peerlab.mixers.base import ActivationMemory, Precision
-from peerlab.mixers.column_shards import split_activation_memory
 from peerlab.mixers.sparse_grads import expected_rows
 from peerlab.model import Transformer
+from peerlab.parallel.fsdp import blocks_dtype
+from peerlab.parallel.fsdp import units as fsdp_units
 
 # bytes of weights/full-precision activations and of matmul outputs under each Lightning precision setting
 BYTES = {"32-true": Precision(4, 4), "bf16-mixed": Precision(4, 2), "16-mixed": Precision(4, 2), "64-true": Precision(8, 8)}
@@ -60,7 +59,7 @@ class Execution:
     accumulate: int = 1
     activation_checkpointing: bool = False
     loss_chunk_tokens: int = 0  # 0: the whole micro-batch's logits at once
-    ddp_bucket_view: bool = True  # DDP keeps gradients in its buckets (peerlab.strategies); False: a second copy
+    ddp_bucket_view: bool = True  # DDP keeps gradients in its buckets (peerlab.parallel.strategies); False: a second copy
     memory_parallel: int = 1  # trainer.memory_parallel: expert tables split by columns over this many ranks
 
     def __post_init__(self) -> None:
@@ -83,7 +82,7 @@ class Execution:
 
     @property
     def fsdp_16bit_params(self) -> bool:
-        """FSDP gathers the blocks' weights in 16 bits (its mixed-precision policy, ``peerlab.fsdp.blocks_dtype``)."""
+        """FSDP gathers the blocks' weights in 16 bits (its mixed-precision policy, ``peerlab.parallel.fsdp.blocks_dtype``)."""
         return self.strategy == "fsdp" and blocks_dtype(self.device_type, precision_name(self.precision)) is not None
 
     @property
@@ -152,7 +151,7 @@ def _rows_used(model: Transformer, tokens: int) -> dict[int, int]:
     """Rows of each sparse table one micro-batch retrieves (uniform retrieval assumed)."""
     out = {}
     for mixer in model.mixers:
-        draws = tokens * getattr(mixer, "heads", 0) * getattr(mixer, "k", 0)
+        draws = tokens * mixer.rows_per_token()
         for sub in mixer.modules():
             if isinstance(sub, torch.nn.Embedding) and sub.sparse:
                 out[id(sub.weight)] = expected_rows(draws, sub.weight.shape[0])
@@ -180,8 +179,9 @@ def _parts(model: Transformer, ex: Execution) -> list[_Part]:
     # input copy, q|k|v, output, and the output's log-sum-exp per head (float32)
     attention = layer_norm + n * (c * d + 3 * c * d + c * d + 4 * s.n_head)
     for i, block in enumerate(model.blocks):
-        mixer: ActivationMemory = (split_mixer_memory(block.mixer, n, p, ex) if ex.split_tables and
-                                   block.mixer.expert_tables() else block.mixer.activation_memory(n, p, ex.device_type))
+        split = ex.split_tables and block.mixer.expert_tables()
+        mixer: ActivationMemory = (block.mixer.split_activation_memory(n, p, ex.memory_parallel, ex.device_type)
+                                   if split else block.mixer.activation_memory(n, p, ex.device_type))
         if ex.fsdp_16bit_params and not block.mixer.full_precision:
             mixer = replace(mixer, autocast_params=0)
         saved = attention + layer_norm + mixer.saved
@@ -216,24 +216,6 @@ def fsdp_unsharded_grad_bytes(elements: int, param_bytes: int) -> int:
     return elements * (param_bytes + (4 if param_bytes < 4 else 0))
 
 
-def split_mixer_memory(mixer, tokens: int, p: Precision, ex: Execution) -> ActivationMemory:
-    """A mixer whose tables are split over ``ex.memory_parallel`` ranks: its retrieval's activations, the split
-    tables' (``column_shards.split_activation_memory``) and what a subclass adds around the read (Memory+'s gate)."""
-    from peerlab.mixers.peer import PEER
-    from peerlab.mixers.pkm import PKM
-
-    f, m = p.float_bytes, ex.memory_parallel
-    kind, base = ("peer", PEER) if isinstance(mixer, PEER) else ("pkm", PKM)
-    router = mixer.router.activation_memory(tokens, f)
-    n_rows = next(iter(mixer.expert_tables().values())).shape[0]
-    saved, forward, backward = split_activation_memory(kind, tokens, m, mixer.d_model, mixer.heads * mixer.k, n_rows,
-                                                       f, getattr(mixer, "chunk_tokens", 64))
-    own, read = mixer.activation_memory(tokens, p, ex.device_type), base.activation_memory(mixer, tokens, p, ex.device_type)
-    return ActivationMemory(saved=router.saved + saved + own.saved - read.saved,
-                            forward_peak=max(router.forward_peak, forward, own.forward_peak if own is not read else 0),
-                            backward_peak=max(router.backward_peak, backward), autocast_params=own.autocast_params)
-
-
 def table_ids(model: Transformer, ex: Execution) -> set[int]:
     """``id`` of each expert table split by columns under ``ex`` (none unless ``ex.split_tables``)."""
     if not ex.split_tables:
@@ -243,7 +225,7 @@ def table_ids(model: Transformer, ex: Execution) -> set[int]:
 
 def _fsdp_units(model: Transformer, ex: Execution) -> list[tuple[str, int, int]]:
     """``(name, elements, bytes per gathered element)`` of each ``fully_shard`` unit in forward order after the root,
-    as ``peerlab.fsdp.units`` cuts them (split tables are no unit's); each mixer unit before its block's."""
+    as ``peerlab.parallel.fsdp.units`` cuts them (split tables are no unit's); each mixer unit before its block's."""
     f = ex.bytes.float_bytes
     block_bytes = 2 if ex.fsdp_16bit_params else f
     split = table_ids(model, ex)

@@ -6,9 +6,9 @@
 - ``fsdp``: :class:`ShardedStrategy`, Lightning's ``ModelParallelStrategy`` (FSDP2, ``fully_shard``) over a
   data-parallel mesh of every process (its default mesh would put them in a tensor-parallel dimension, where
   ``fully_shard`` neither shards nor averages), with checkpoints written atomically and read as data
-  (:mod:`peerlab.sharded_checkpoint`).
+  (:mod:`peerlab.parallel.sharded_checkpoint`).
 
-How the model is cut into FSDP units is :mod:`peerlab.fsdp`.
+How the model is cut into FSDP units is :mod:`peerlab.parallel.fsdp`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-from peerlab import sharded_checkpoint as sc
 from peerlab.checkpointing import check_checkpoint, fsync_file, load_checkpoint_dict
 from peerlab.config import FSDP_PRECISIONS, ConfigError, precision_name
+from peerlab.parallel import sharded_checkpoint as sc
 
 
 def build_strategy(trainer_cfg: Any, world: int, memory_parallel: int = 1):
     """The Lightning strategy for ``trainer.strategy`` in a job of ``world`` processes; ``memory_parallel``: the
-    settled ``trainer.memory_parallel`` (``auto`` is the plan's choice, ``peerlab.plan.execution``)."""
+    settled ``trainer.memory_parallel`` (``auto`` is the plan's choice, ``peerlab.parallel.plan.execution``)."""
     name = trainer_cfg.strategy
     if name == "fsdp":
         precision = precision_name(trainer_cfg.precision)
@@ -48,7 +48,7 @@ def strategy_name(strategy) -> str:
 
 class ShardedStrategy(ModelParallelStrategy):
     """FSDP2 over every process. Checkpoints: sharded folders while training, written to ``.<name>.partial`` and
-    moved into place by rank 0 once all ranks have written (:func:`peerlab.sharded_checkpoint.replace`); inside
+    moved into place by rank 0 once all ranks have written (:func:`peerlab.parallel.sharded_checkpoint.replace`); inside
     :meth:`consolidated`, one file with the full weights and optimizer state, written by rank 0 the same way."""
 
     def __init__(self, world: int, memory_parallel: int = 1) -> None:

@@ -10,7 +10,7 @@
 
 On CUDA under bf16 autocast the blocks are gathered in bf16 and their gradients reduced in float32
 (``MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)``, as Lingua and torchtitan do); elsewhere
-every unit keeps its weights' dtype. ``peerlab.memory`` counts the same units.
+every unit keeps its weights' dtype. ``peerlab.parallel.memory`` counts the same units.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Unit:
 
 def units(model: Transformer, ignored: set[torch.nn.Parameter] | frozenset = frozenset()) -> list[Unit]:
     """The units in the order ``fully_shard`` is applied (inner first): per block its full-precision mixer (when it
-    has parameters of its own), then the block; the root last. Read by :func:`shard_model`, ``peerlab.memory`` and
+    has parameters of its own), then the block; the root last. Read by :func:`shard_model`, ``peerlab.parallel.memory`` and
     ``peerlab.parallel.traffic``, so that what is sharded and what is counted are one description."""
     out, taken = [], set(ignored)
     for i, block in enumerate(model.blocks):
