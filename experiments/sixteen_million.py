@@ -49,12 +49,12 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"out_dir={out_dir}"], cwd=out_dir,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # peaks while training, and while the shards are consolidated into one last.ckpt file at the end (rank 0 then
-    # holds the whole model and optimizer state): that phase starts when the consolidated file is being written
+    # holds the whole model and optimizer state), from the log line that starts it
     peaks = {(phase, rank): 0 for phase in ("training", "consolidation and final evaluation") for rank in (0, 1)}
-    ckpts = out_dir / "sixteen_million" / "checkpoints"
+    log_file = out_dir / "sixteen_million" / "train.log"
     phase = "training"
     while proc.poll() is None:
-        if phase == "training" and any(p.is_file() for p in (ckpts / ".last.ckpt.partial", ckpts / "last.ckpt")):
+        if phase == "training" and log_file.is_file() and "consolidating the sharded" in log_file.read_text():
             phase = "consolidation and final evaluation"
         ranks = [proc.pid] + [c for c in children(proc.pid)
                               if "train.py" in Path(f"/proc/{c}/cmdline").read_text(errors="ignore")][:1]

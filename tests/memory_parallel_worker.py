@@ -159,6 +159,15 @@ def main(rank: int, world: int, store: str, out: str, m: int, dtypes: str) -> No
             entry[split] = {"batch": BATCH // world, "seq": SEQ, "losses": losses, "grads": grads, "usage": usage(model, data, rank, world),
                             "table_bytes": table_bytes(model), "sent": dict(counter.sent),
                             "weights": {k: whole(v) for k, v in model.state_dict().items()}}
+        if layer == "peer":  # checkpointed blocks (their collectives run again in backward) and the chunked loss
+            model = copy.deepcopy(base)
+            for mixer in model.mixers:
+                mixer.prepare_for_backend(sharded=True, group=("gloo", world))
+            model.set_activation_checkpointing(True)
+            model.loss_chunk_tokens = 5
+            tables = shard_tables(model, tables_mesh)
+            shard_model(model, fsdp_mesh, ignored=set(tables))
+            entry["checkpointed"], _ = train(model, data, rank, world, tables, tables_mesh, counter)
         result[dtype, layer] = entry
     torch.save(result, out)
     gc.collect()

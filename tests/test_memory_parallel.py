@@ -99,6 +99,13 @@ def test_split_tables_train_what_whole_tables_train(jobs, job, layer):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_checkpointed_blocks_and_the_chunked_loss_with_split_tables(jobs, dtype):
+    entry = jobs[2, 2][dtype, "peer"]
+    assert entry["checkpointed"] == pytest.approx(entry[2]["losses"], abs=1e-6, rel=0)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", LAYERS)
 def test_split_tables_in_float32_stay_within_rounding(jobs, layer):
     whole, split = (jobs[2, 2]["float32", layer][m] for m in (1, 2))

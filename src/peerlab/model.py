@@ -72,10 +72,24 @@ class CausalSelfAttention(nn.Module):
         nn.init.normal_(self.qkv.weight, std=0.02)
         nn.init.normal_(self.proj.weight, std=0.02 / math.sqrt(2 * n_layer))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        """``cache``: this block's keys and values (batch, heads, seq_len, d_head) of the positions before ``start``
+        (per sequence); the new tokens' are written into it and attend to all of them."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, heads, t, d_head)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, heads, t, d_head)
+        else:
+            keys, values = cache
+            rows = torch.arange(b, device=x.device)[:, None]
+            where = start[:, None] + torch.arange(t, device=x.device)  # (b, t): each new token's position
+            keys[rows, :, where] = k.transpose(1, 2)
+            values[rows, :, where] = v.transpose(1, 2)
+            end = int(where.max()) + 1
+            # query i of sequence r sees the positions up to its own, start[r] + i
+            mask = torch.arange(end, device=x.device) <= where[:, :, None]  # (b, t, end)
+            y = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask[:, None])
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -106,15 +120,37 @@ class Block(nn.Module):
         # the block in backward. Inside forward, so a sharded block's weights are gathered for the recomputation.
         self.checkpointed = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpointed and torch.is_grad_enabled():
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        if self.checkpointed and torch.is_grad_enabled() and cache is None:
             return checkpoint(self._forward, x, use_reentrant=False,
                               context_fn=lambda: (nullcontext(), _running_stats_kept(self)))
-        return self._forward(x)
+        return self._forward(x, cache, start)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x))
+    def _forward(self, x: torch.Tensor, cache=None, start=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), cache, start)
         return x + self.mixer(self.ln_mixer(x))
+
+
+class KVCache:
+    """Keys and values of the positions a generation has run, per block, for ``batch`` sequences of at most
+    ``seq_len`` tokens, and how many each sequence has (``lengths``): a step then runs only its new tokens
+    (``Transformer(idx, cache=...)``), in time flat in the prefix, with the logits of a full forward pass (up to
+    rounding). Only for models whose mixers act on each token alone in eval mode (``Transformer.can_cache``)."""
+
+    def __init__(self, model: Transformer, batch: int) -> None:
+        s = model.shape
+        ref = model.tok_emb.weight
+        shape = (batch, s.n_head, s.seq_len, s.d_model // s.n_head)
+        self.layers = [(ref.new_zeros(shape), ref.new_zeros(shape)) for _ in model.blocks]
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=ref.device)
+
+    def row(self, i: int) -> KVCache:
+        """Sequence ``i``'s share, a view: a prompt runs alone through it (prompts differ in length)."""
+        view = object.__new__(KVCache)
+        view.layers = [(k[i : i + 1], v[i : i + 1]) for k, v in self.layers]
+        view.lengths = self.lengths[i : i + 1]
+        return view
 
 
 class Transformer(nn.Module):
@@ -146,15 +182,29 @@ class Transformer(nn.Module):
     def mixers(self) -> list[Mixer]:
         return [block.mixer for block in self.blocks]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def can_cache(self) -> bool:
+        """Whether a :class:`KVCache` gives what full forward passes give: every mixer acts on each token alone in
+        eval mode (MoE's expert choice routes among a pass's tokens, so a token's output depends on the others)."""
+        return all(m.per_token for m in self.mixers)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``(batch, time, vocab)`` for token ids ``(batch, time)``; with ``targets``, the mean next-token
-        loss instead (in the forward pass, where a sharded model's weights are gathered)."""
+        loss instead (in the forward pass, where a sharded model's weights are gathered). With ``cache``, ``idx``
+        are the tokens that follow each sequence's cached ones, and the cache grows by them."""
         t = idx.shape[1]
-        if t > self.shape.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len={self.shape.seq_len}")
-        x = self.tok_emb(idx) + self.pos_emb.weight[:t]
-        for block in self.blocks:
-            x = block(x)
+        start = cache.lengths if cache is not None else None
+        end = t + (int(start.max()) if start is not None else 0)
+        if end > self.shape.seq_len:
+            raise ValueError(f"sequence length {end} exceeds the model's seq_len={self.shape.seq_len}")
+        if cache is None:
+            x = self.tok_emb(idx) + self.pos_emb.weight[:t]
+        else:
+            x = self.tok_emb(idx) + self.pos_emb(start[:, None] + torch.arange(t, device=idx.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache.layers[i] if cache is not None else None, start)
+        if cache is not None:
+            cache.lengths += t
         h = self.ln_f(x)
         if targets is None:
             return F.linear(h, self.tok_emb.weight)

@@ -263,6 +263,8 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
     fit_time = time.time() - t_fit
     try:  # Ctrl-C here is an interrupted run (exit 130, the rerun evaluates it), never a completed one
         if sharded:  # one file with the full weights and optimizer state, which anything loads as any checkpoint
+            log.info("consolidating the sharded checkpoint into one file (rank 0 holds the whole model and optimizer "
+                     "state meanwhile): %s", resume_from)
             with strategy.consolidated():
                 trainer.save_checkpoint(resume_from, weights_only=False)
         loader = dm.eval_dataloader()

@@ -63,6 +63,9 @@ class Mixer(nn.Module):
 
     aux_loss: torch.Tensor | None = None
     full_precision: bool = False
+    # In eval mode, each token's output depends on that token alone (PEER's and PKM's query BatchNorm use running
+    # statistics then); False for a mixer that routes among a pass's tokens: then no KV cache (model.KVCache).
+    per_token: bool = True
     # Set by peerlab.parallel.memory_parallel: the process group over whose ranks expert_tables() are split by
     # columns (each rank then holds a DTensor shard of them); None while each table is whole on every rank.
     tables_group = None

@@ -64,6 +64,7 @@ class MoE(Mixer):
         if aux_loss_weight < 0 or z_loss_weight < 0:
             raise MixerConfigError(f"layer.aux_loss_weight={aux_loss_weight}, layer.z_loss_weight={z_loss_weight}: must be >= 0")
         self.d_model, self.n_experts, self.routing = d_model, n_experts, routing
+        self.per_token = routing != "expert_choice"  # expert choice ranks a pass's tokens against each other
         self.capacity_factor, self.top_k = capacity_factor, top_k
         self.aux_loss_weight, self.z_loss_weight = aux_loss_weight, z_loss_weight
         self.d_hidden = max(1, int(round(expert_hidden_mult * d_model)))
