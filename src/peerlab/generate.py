@@ -153,7 +153,9 @@ def run(cfg) -> str:
     model, tokenizer = peerlab.load(cfg.ckpt)
     settings = Sampling(cfg.max_new_tokens, float(cfg.temperature), cfg.top_k, cfg.seed)
     prompts = list(cfg.prompt) if OmegaConf.is_list(cfg.prompt) else cfg.prompt
-    texts = complete(model, tokenizer, prompts, settings, stop=list(cfg.get("stop", [])), cache=cfg.get("cache", True))
+    # Hydra keeps "\n" as backslash-n: a stop string typed on the command line means the newline
+    stop = [text.replace("\\n", "\n").replace("\\t", "\t") for text in cfg.get("stop", [])]
+    texts = complete(model, tokenizer, prompts, settings, stop=stop, cache=cfg.get("cache", True))
     for prompt, text in zip([prompts] if isinstance(prompts, str) else prompts,
                             [texts] if isinstance(texts, str) else texts, strict=True):
         print(prompt + text, flush=True)
