@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from peerlab.mixers.base import ActivationMemory
 from peerlab.mixers.peer_experts import gathered_dots
 from peerlab.mixers.row_groups import RowGroups
 
@@ -58,12 +59,12 @@ def local_columns(table: torch.Tensor) -> torch.Tensor:
     return table.to_local() if hasattr(table, "to_local") else table
 
 
-def split_activation_memory(kind: str, tokens: int, m: int, d_model: int, hk: int, n_rows: int, f: int,
-                            chunk: int = 64) -> tuple[int, int, int]:
-    """``(saved, forward peak, backward peak)`` bytes of the table part of a layer whose tables are split over
-    ``m`` ranks (retrieval not included), for ``tokens`` tokens of this rank: the group's ``m tokens`` rows of
-    indices (int64 once gathered), router weights and partial dots, and the columns of inputs and outputs; in
-    backward, one table's dense gradient (``n_rows x d / m``) before it lands in ``.grad``."""
+def split_activation_memory(kind: str, router: ActivationMemory, tokens: int, m: int, d_model: int, hk: int,
+                            n_rows: int, f: int, chunk: int = 64) -> ActivationMemory:
+    """What a layer whose tables are split over ``m`` ranks holds for ``tokens`` tokens of this rank: its retrieval's
+    (``router``), and the table part's: the group's ``m tokens`` rows of indices (int64 once gathered), router
+    weights and partial dots, and the columns of inputs and outputs; in backward, one table's dense gradient
+    (``n_rows x d / m``) before it lands in ``.grad``."""
     g, c = m * tokens, d_model // m
     if kind == "peer":
         saved = tokens * hk * 8 + g * (8 * hk + 3 * f * hk + c * f)  # own and gathered rows, weights, dots, g act, x
@@ -73,7 +74,8 @@ def split_activation_memory(kind: str, tokens: int, m: int, d_model: int, hk: in
         saved = tokens * hk * 8 + g * (8 * hk + f * hk)
         forward = g * c * f + tokens * d_model * f
         backward = n_rows * c * f + g * (2 * c * f + f * hk)
-    return saved, forward, backward
+    return ActivationMemory(saved=router.saved + saved, forward_peak=max(router.forward_peak, forward),
+                            backward_peak=max(router.backward_peak, backward))
 
 
 # ---------------------------------------------------------------------- collectives with their transposes

@@ -193,11 +193,8 @@ class PEER(Mixer):
     def split_activation_memory(self, tokens: int, precision: Precision, m: int,
                                 device_type: str = "cuda") -> ActivationMemory:
         """The router's, and the split experts' (``column_shards.split_activation_memory``)."""
-        router = self.router.activation_memory(tokens, precision.float_bytes)
-        saved, forward, backward = split_activation_memory("peer", tokens, m, self.d_model, self.heads * self.k,
-                                                           self.n_experts, precision.float_bytes, self.chunk_tokens)
-        return ActivationMemory(saved=router.saved + saved, forward_peak=max(router.forward_peak, forward),
-                                backward_peak=max(router.backward_peak, backward))
+        return split_activation_memory("peer", self.router.activation_memory(tokens, precision.float_bytes), tokens, m,
+                                       self.d_model, self.heads * self.k, self.n_experts, precision.float_bytes, self.chunk_tokens)
 
     def split_bytes_per_token(self, m: int, float_bytes: int = 4) -> dict[str, float]:
         return bytes_per_token("peer", self.d_model, self.heads * self.k, m, float_bytes)

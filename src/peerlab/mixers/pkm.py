@@ -98,11 +98,8 @@ class PKM(Mixer):
     def split_activation_memory(self, tokens: int, precision: Precision, m: int,
                                 device_type: str = "cuda") -> ActivationMemory:
         """The router's, and the split read's (``column_shards.split_activation_memory``)."""
-        router = self.router.activation_memory(tokens, precision.float_bytes)
-        saved, forward, backward = split_activation_memory("pkm", tokens, m, self.d_model, self.heads * self.k,
-                                                           self.n_memories, precision.float_bytes)
-        return ActivationMemory(saved=router.saved + saved, forward_peak=max(router.forward_peak, forward),
-                                backward_peak=max(router.backward_peak, backward))
+        return split_activation_memory("pkm", self.router.activation_memory(tokens, precision.float_bytes), tokens, m,
+                                       self.d_model, self.heads * self.k, self.n_memories, precision.float_bytes)
 
     def split_bytes_per_token(self, m: int, float_bytes: int = 4) -> dict[str, float]:
         return bytes_per_token("pkm", self.d_model, self.heads * self.k, m, float_bytes)
