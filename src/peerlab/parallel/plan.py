@@ -1,18 +1,22 @@
-"""Plan a run or a sweep before launching it: per point the model's size, the budget's steps and tokens, and the
-peak memory per device, with the smallest change that makes a point fit.
+"""Plan a run or a sweep before launching it: per point the model's size, the budget's steps and tokens, the peak
+memory and the bytes sent per device per step, with the smallest change that makes a point fit; with ``--gpu``, the
+step time and the budget's GPU-hours on that card.
 
     python -m peerlab.plan layer=peer model=d12 budget=6e18 trainer=ddp trainer.devices=8 --device-gb 40
     python -m peerlab.plan -cd experiments -cn isoflop_paper --device-gb 40        # every point of a sweep file
     python -m peerlab.plan -cd experiments -cn isoflop_paper --json                # a list of objects, one per point
+    python -m peerlab.plan -cd experiments -cn isoflop_paper --gpu a100-40         # time and GPU-hours, estimated
 
 It takes ``train.py``'s arguments (a sweep file, sweeps on the command line) and composes each point exactly as
 ``train.py -m`` would; nothing is trained and nothing is allocated (models are built on the meta device). Memory
-is :mod:`peerlab.parallel.memory`'s model for CUDA unless ``trainer.accelerator=cpu`` (or ``--device cpu``). A point fits
-when its peak stays under 90% of ``--device-gb`` (GiB; default: the visible GPU's memory, else 80): the rest is
-left for what the model does not count (CUDA context, NCCL buffers, fragmentation). For a point that does not
-fit, the first of these that does is shown, as overrides to add: the chunked LM loss; a smaller micro-batch with
-more accumulation (the same tokens per step); FSDP (``trainer=fsdp``); activation checkpointing; their
-combinations.
+is :mod:`peerlab.parallel.memory`'s model for CUDA unless ``trainer.accelerator=cpu`` (or ``--device cpu``), traffic
+:mod:`peerlab.parallel.traffic`'s, time :mod:`peerlab.parallel.step_time`'s (an estimate until a card is measured).
+A point fits when its peak stays under 90% of ``--device-gb`` (GiB; default: the ``--gpu`` card's, the visible
+GPU's memory, else 80): the rest is left for what the model does not count (CUDA context, NCCL buffers,
+fragmentation). For a point that does not fit, the first of these that does is shown, as overrides to add: the
+chunked LM loss; expert tables split by columns (``trainer.memory_parallel``, the size that moves fewest bytes
+first); a smaller micro-batch with more accumulation (the same tokens per step); FSDP (``trainer=fsdp``); activation
+checkpointing; their combinations.
 """
 
 from __future__ import annotations
