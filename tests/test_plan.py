@@ -267,3 +267,14 @@ def test_the_readme_lists_the_cards_the_time_model_knows():
     from peerlab.parallel.step_time import constants_table
 
     assert constants_table() in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("layer,expected", [("peer_small", 2), ("ffw", 1)])
+def test_a_run_settles_memory_parallel_auto_from_its_plan(compose, layer, expected):
+    """train.run takes the M its plan settles (check_run's execution) for trainer.memory_parallel=auto."""
+    from peerlab.parallel.plan import _meta_model, check_run
+
+    cfg = compose(f"layer={layer}", "trainer=fsdp", "trainer.devices=2", "trainer.accelerator=cpu",
+                  "trainer.memory_parallel=auto")
+    _, ex = check_run(lambda: _meta_model(cfg), cfg, world=2, cuda=False)
+    assert ex.memory_parallel == expected
