@@ -278,3 +278,21 @@ def test_a_run_settles_memory_parallel_auto_from_its_plan(compose, layer, expect
                   "trainer.memory_parallel=auto")
     _, ex = check_run(lambda: _meta_model(cfg), cfg, world=2, cuda=False)
     assert ex.memory_parallel == expected
+
+
+def test_the_readme_shows_the_committed_grid_tables():
+    committed = (ROOT / "experiments" / "results" / "memory" / "isoflop_paper.md").read_text().split("\n\n")
+    readme = (ROOT / "README.md").read_text()
+    assert committed[1].strip() in readme and committed[-1].strip() in readme  # the grid, the 16M rows
+
+
+@pytest.mark.slow
+def test_the_committed_grid_tables_are_what_the_planner_prints_now():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "memory_table.py")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    committed = (ROOT / "experiments" / "results" / "memory" / "isoflop_paper.md").read_text()
+    assert proc.stdout == committed, "rerun: python experiments/memory_table.py > experiments/results/memory/isoflop_paper.md"
