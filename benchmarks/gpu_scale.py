@@ -341,20 +341,60 @@ def planner_check(args: argparse.Namespace, report: dict) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
         step()
         torch.cuda.synchronize()
+        step_s = time.perf_counter() - t0
         measured = torch.cuda.max_memory_allocated()
     else:
         from peerlab.memory_probe import allocation_peak, held_bytes
 
+        t0 = time.perf_counter()
         measured = held_bytes(model, opt) + allocation_peak(step)
+        step_s = time.perf_counter() - t0
+    estimated = estimated_step_s(meta_of(cfg, layer, vocab, ex), ex, device)
     point = f"{cfg.model.name}/{cfg.layer.name}"
     report["planner"] = {"point": point, "params": params, "micro_batch": ex.micro_batch, "accumulate": ex.accumulate,
                          "planned_gib": est.peak / 2**30, "measured_gib": measured / 2**30,
                          "planned_phase": est.phase, "ratio": est.peak / measured,
-                         "device_gib": total / 2**30}
+                         "device_gib": total / 2**30, "step_s": step_s, "estimated_step_s": estimated}
     print(f"  {point} ({params / 1e9:.2f}B parameters, micro-batch {ex.micro_batch} x {ex.accumulate}): planned "
-          f"{est.peak / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB ({est.peak / measured:.2f}x)", flush=True)
+          f"{est.peak / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB ({est.peak / measured:.2f}x); step "
+          f"{step_s:.3g} s measured" + (", {:.3g}-{:.3g} s estimated".format(*estimated) if estimated else
+                                        " (no time model for this device)"), flush=True)
+
+
+def meta_of(cfg, layer, vocab: int, ex):
+    from peerlab.builders import build_model
+
+    with torch.device("meta"):
+        return build_model(cfg.model, layer, vocab, ex.seq_len)
+
+
+def card() -> str | None:
+    """The ``--gpu`` name of the visible GPU (peerlab.parallel.step_time), or None for a card it does not know."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().upper()
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if "H200" in name:
+        return "h200"
+    if "H100" in name:
+        return "h100"
+    if "A100" in name:
+        return "a100-80" if gib > 50 else "a100-40"
+    return None
+
+
+def estimated_step_s(meta, ex, device: str) -> list[float] | None:
+    """The time model's (fastest, slowest) step on this GPU, for one process; None off a known card."""
+    from peerlab.flops import flops_breakdown
+    from peerlab.parallel.step_time import GPUS, step_time
+
+    kind = card() if device == "cuda" else None
+    if kind is None:
+        return None
+    return list(step_time(meta, ex, flops_breakdown(meta).train, GPUS[kind]).step_s)
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -398,7 +438,10 @@ def markdown(report: dict) -> str:
                   f"{p['point']} ({p['params'] / 1e9:.2f}B parameters), the largest grid point whose one-GPU plan fits, "
                   f"micro-batch {p['micro_batch']} x {p['accumulate']}, bf16 autocast: planned {p['planned_gib']:.2f} GiB "
                   f"(peak at {p['planned_phase']}), measured {p['measured_gib']:.2f} GiB "
-                  f"(`torch.cuda.max_memory_allocated`), planned / measured {p['ratio']:.2f}.", ""]
+                  f"(`torch.cuda.max_memory_allocated`), planned / measured {p['ratio']:.2f}. One optimizer step took "
+                  f"{p['step_s']:.3g} s; the time model (`python -m peerlab.plan --gpu`) estimated "
+                  + ("{:.3g}-{:.3g} s.".format(*p["estimated_step_s"]) if p.get("estimated_step_s")
+                     else "nothing: it has no figures for this card."), ""]
     g = report["grid_cost"]
     lines += ["", f"## What `{g['sweep']}` costs at these rates", "",
               "| budget | model | layer | tokens | MFU (from) | GPU-hours | hours on 8 GPUs |", "|---|---|---|---|---|---|---|"]

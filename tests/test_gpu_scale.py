@@ -40,7 +40,9 @@ def test_gpu_scale_smoke_on_cpu(tmp_path, cache_dir):
     assert all(r["step_ms"] > 0 for r in hygiene)
     planner = report["planner"]  # the largest grid point that fits, planned against what the step allocated
     assert planner["point"].startswith("d") and 0.75 <= planner["ratio"] <= 1.25, planner
+    assert planner["step_s"] > 0 and planner["estimated_step_s"] is None  # no time model for a CPU
     md = (tmp_path / "SCALE.md").read_text()
-    assert "## The memory planner against this GPU" in md
+    assert "## The memory planner against this GPU" in md and "One optimizer step took" in md
     assert "## DDP (gloo) through Lightning" in md and "isoflop_paper.yaml" in md
     assert "## CUDA defaults: TF32 matmuls and fused AdamW" in md
+

@@ -296,3 +296,19 @@ def test_the_committed_grid_tables_are_what_the_planner_prints_now():
     assert proc.returncode == 0, proc.stderr[-2000:]
     committed = (ROOT / "experiments" / "results" / "memory" / "isoflop_paper.md").read_text()
     assert proc.stdout == committed, "rerun: python experiments/memory_table.py > experiments/results/memory/isoflop_paper.md"
+
+
+@pytest.mark.parametrize("name,gib,expected", [("NVIDIA H100 80GB HBM3", 79.1, "h100"), ("NVIDIA H200", 139.8, "h200"),
+                                                ("NVIDIA A100-SXM4-40GB", 39.4, "a100-40"),
+                                                ("NVIDIA A100-SXM4-80GB", 79.2, "a100-80"), ("NVIDIA L4", 22.0, None)])
+def test_gpu_scale_matches_the_visible_card_to_the_time_models_figures(monkeypatch, name, gib, expected):
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.gpu_scale import card
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(total_memory=gib * 2**30))
+    assert card() == expected
