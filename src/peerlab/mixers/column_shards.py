@@ -96,38 +96,31 @@ class _GatherTokens(torch.autograd.Function):
         return out, None
 
 
-class _AllToAll(torch.autograd.Function):
-    """Block ``j`` of dim 0 goes to rank ``j``; block ``j`` of the result came from rank ``j``. Its own transpose."""
+def _all_to_all(t: torch.Tensor, group) -> torch.Tensor:
+    out = torch.empty_like(t)
+    dist.all_to_all_single(out, t.contiguous(), group=group)
+    return out
+
+
+def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t, group=group)
+    return t
+
+
+class _SelfTranspose(torch.autograd.Function):
+    """A collective that is its own transpose, so its backward is itself: the all-to-all (block ``j`` of dim 0 goes
+    to rank ``j``, block ``j`` of the result came from rank ``j``) and the all-reduce (the gradient of each rank's
+    copy of a sum is the sum of the ranks' gradients)."""
 
     @staticmethod
-    def forward(ctx, t, group):
-        ctx.group = group
-        out = torch.empty_like(t)
-        dist.all_to_all_single(out, t.contiguous(), group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        out = torch.empty_like(grad)
-        dist.all_to_all_single(out, grad.contiguous(), group=ctx.group)
-        return out, None
-
-
-class _SumOverGroup(torch.autograd.Function):
-    """All-reduce (sum); the gradient of each rank's copy is the sum of the ranks' gradients."""
-
-    @staticmethod
-    def forward(ctx, t, group):
-        ctx.group = group
-        t = t.clone()
-        dist.all_reduce(t, group=group)
-        return t
+    def forward(ctx, t, group, collective):
+        ctx.group, ctx.collective = group, collective
+        return collective(t, group)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return ctx.collective(grad, ctx.group), None, None
 
 
 def gather_indices(indices: torch.Tensor, group) -> torch.Tensor:
@@ -142,14 +135,14 @@ def tokens_to_columns(x: torch.Tensor, group) -> torch.Tensor:
     """(T, d): this rank's tokens, all columns -> (M T, d / M): the group's tokens, this rank's columns."""
     m = dist.get_world_size(group)
     t, d = x.shape
-    return _AllToAll.apply(x.view(t, m, d // m).transpose(0, 1).reshape(m * t, d // m), group)
+    return _SelfTranspose.apply(x.view(t, m, d // m).transpose(0, 1).reshape(m * t, d // m), group, _all_to_all)
 
 
 def columns_to_tokens(y: torch.Tensor, group) -> torch.Tensor:
     """(M T, d / M): the group's tokens, this rank's columns -> (T, d): this rank's tokens, all columns."""
     m = dist.get_world_size(group)
     t, c = y.shape[0] // m, y.shape[1]
-    return _AllToAll.apply(y, group).view(m, t, c).transpose(0, 1).reshape(t, m * c)
+    return _SelfTranspose.apply(y, group, _all_to_all).view(m, t, c).transpose(0, 1).reshape(t, m * c)
 
 
 # ---------------------------------------------------------------------- what each rank computes
@@ -192,7 +185,7 @@ def peer_experts_sharded(x: torch.Tensor, indices: torch.Tensor, weights: torch.
     rank's tokens -> (T, d), what :func:`peerlab.mixers.peer_experts.experts_torch` gives on the whole tables."""
     rows = gather_indices(indices, group)
     coefs = _GatherTokens.apply(weights, group)
-    pre = _SumOverGroup.apply(peer_partial_dots(tokens_to_columns(x, group), rows, down, chunk), group)
+    pre = _SelfTranspose.apply(peer_partial_dots(tokens_to_columns(x, group), rows, down, chunk), group, _all_reduce)
     return columns_to_tokens(bag_columns(rows, act(pre) * coefs, up), group)
 
 
