@@ -136,7 +136,7 @@ class _Part:
     new_grad: int  # bytes of the largest new gradient (float, and autocast's 16-bit one) before it lands in .grad
 
 
-def _sparse_tables(model: Transformer) -> dict[int, int]:
+def sparse_tables(model: Transformer) -> dict[int, int]:
     """``{id(param): rows a step uses}`` of tables with sparse row gradients in this process (a mixer's
     ``nn.Embedding(sparse=True)``), after ``prepare_for_backend`` settled them."""
     out = {}
@@ -147,7 +147,7 @@ def _sparse_tables(model: Transformer) -> dict[int, int]:
     return out
 
 
-def _rows_used(model: Transformer, tokens: int) -> dict[int, int]:
+def rows_used(model: Transformer, tokens: int) -> dict[int, int]:
     """Rows of each sparse table one micro-batch retrieves (uniform retrieval assumed)."""
     out = {}
     for mixer in model.mixers:
@@ -163,7 +163,7 @@ def _parts(model: Transformer, ex: Execution) -> list[_Part]:
     s, p = model.shape, ex.bytes
     n, d, f, c, V = ex.tokens, s.d_model, p.float_bytes, p.matmul_bytes, s.vocab_size
     casts_on = p.autocast and not ex.fsdp_16bit_params  # FSDP's 16-bit blocks need no autocast copies
-    sparse = _rows_used(model, n)
+    sparse = rows_used(model, n)
 
     def largest_grad(params) -> int:  # a backward makes one parameter's gradient at a time and adds it to .grad
         return max(sparse[id(q)] * q.shape[1] * f if id(q) in sparse else q.numel() * f for q in params)
@@ -216,24 +216,30 @@ def fsdp_unsharded_grad_bytes(elements: int, param_bytes: int) -> int:
     return elements * (param_bytes + (4 if param_bytes < 4 else 0))
 
 
-def table_ids(model: Transformer, ex: Execution) -> set[int]:
-    """``id`` of each expert table split by columns under ``ex`` (none unless ``ex.split_tables``)."""
+def split_tables(model: Transformer, ex: Execution) -> set[torch.nn.Parameter]:
+    """The expert tables split by columns under ``ex`` (none unless ``ex.split_tables``): FSDP leaves them."""
     if not ex.split_tables:
         return set()
-    return {id(q) for mixer in model.mixers for q in mixer.expert_tables().values()}
+    return {q for mixer in model.mixers for q in mixer.expert_tables().values()}
 
 
-def _fsdp_units(model: Transformer, ex: Execution) -> list[tuple[str, int, int]]:
-    """``(name, elements, bytes per gathered element)`` of each ``fully_shard`` unit in forward order after the root,
-    as ``peerlab.parallel.fsdp.units`` cuts them (split tables are no unit's); each mixer unit before its block's."""
+def held_elements(model: Transformer, ex: Execution) -> int:
+    """Elements of every parameter one device holds between steps: 1/W of each under FSDP (each shard padded to a
+    whole row count, as ``fully_shard`` pads), 1/M of a split table, all of them otherwise."""
+    split = split_tables(model, ex)
+    shard = ex.world if ex.sharded else 1
+    return sum(math.ceil(q.numel() / (ex.memory_parallel if q in split else shard)) for q in model.parameters())
+
+
+def _fsdp_units(model: Transformer, ex: Execution) -> tuple[list[tuple[str, int, int]], int]:
+    """``(name, elements, bytes per gathered element)`` of each ``fully_shard`` unit but the root, in forward order,
+    as ``peerlab.parallel.fsdp.units`` cuts them (split tables are no unit's), and the root's elements."""
     f = ex.bytes.float_bytes
     block_bytes = 2 if ex.fsdp_16bit_params else f
-    split = table_ids(model, ex)
-    ignored = {q for q in model.parameters() if id(q) in split}
-    cut = [(u.name, u.elements, f if u.full_precision else block_bytes) for u in fsdp_units(model, ignored)
-           if u.name != "root"]
+    *inner, root = fsdp_units(model, split_tables(model, ex))
+    cut = [(u.name, u.elements, f if u.full_precision else block_bytes) for u in inner]
     # in forward order: a block's own unit is gathered first, its mixer's inside it
-    return sorted(cut, key=lambda u: (int(u[0].split()[1]), u[0].endswith("mixer")))
+    return sorted(cut, key=lambda u: (int(u[0].split()[1]), u[0].endswith("mixer"))), root.elements
 
 
 def estimate(model: Transformer, ex: Execution) -> Estimate:
@@ -241,16 +247,15 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     run as ``ex`` says. Mixers' table gradients follow their current ``sparse`` setting (``prepare_for_backend``)."""
     p, W = ex.bytes, ex.world
     f = p.float_bytes
-    total = sum(q.numel() for q in model.parameters())
-    sparse = _sparse_tables(model)
-    rows = _rows_used(model, ex.tokens * ex.accumulate)
+    sparse = sparse_tables(model)
+    rows = rows_used(model, ex.tokens * ex.accumulate)
     shard = (lambda x: math.ceil(x / W)) if ex.sharded else (lambda x: x)
-    split = table_ids(model, ex)  # split by columns: 1/M of each on every rank, no FSDP
+    split = split_tables(model, ex)  # split by columns: 1/M of each on every rank, no FSDP
 
     def held(q) -> int:
-        return math.ceil(q.numel() / ex.memory_parallel) if id(q) in split else shard(q.numel())
+        return math.ceil(q.numel() / ex.memory_parallel) if q in split else shard(q.numel())
 
-    held_total = sum(held(q) for q in model.parameters())
+    held_total = held_elements(model, ex)
     params = f * held_total
     tensors = sum(1 for _ in model.parameters())
     optimizer = ADAMW_MOMENTS * f * held_total + STEP_BYTES * tensors  # two moments, and each tensor's step count
@@ -267,10 +272,8 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     parts = _parts(model, ex)
     part_grads = {part.name: grad_bytes(ps) for part, ps in zip(parts, _part_params(model), strict=True)}
 
-    units = _fsdp_units(model, ex) if ex.sharded else []
-    split_elements = sum(q.numel() for q in model.parameters() if id(q) in split)
-    # embeddings, final norm: gathered all step
-    root = f * (total - split_elements - sum(n for _, n, _ in units)) if ex.sharded else 0
+    units, root_elements = _fsdp_units(model, ex) if ex.sharded else ([], 0)
+    root = f * root_elements  # embeddings, final norm: gathered all step
     gathered = {name: n * b for name, n, b in units}
     order = [u for u, _, _ in units]
 

@@ -223,7 +223,7 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
         change, lowest = what_fits(lambda: _meta_model(cfg), ex, limit, model_variants(cfg, device))
         if change is not None:
             row["suggestion"] = {"overrides": list(change.overrides), "estimate_gb": gib(change.estimate.peak),
-                                 "comm_gb_per_step": sum(comm_bytes(_meta_model(cfg), change.execution).values()) / GB}
+                                 "comm_gb_per_step": sum(comm_bytes(model, change.execution).values()) / GB}
         else:
             row["needs_gb"] = gib(lowest.estimate.peak) / HEADROOM
             row["lowest"] = {"overrides": list(lowest.overrides), "estimate_gb": gib(lowest.estimate.peak)}

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peerlab.model import Transformer
-from peerlab.parallel.memory import Execution
+from peerlab.parallel.memory import Execution, held_elements
 from peerlab.parallel.traffic import comm_bytes
 
 
@@ -77,10 +77,7 @@ def step_time(model: Transformer, ex: Execution, train_flops_per_token: int, gpu
     # each retrieved row of each table: read forward, read again backward, its gradient read and written. Split by
     # columns, a GPU touches 1/M of each row for M times the tokens: the same bytes.
     table_bytes = tokens * sum(len(m.expert_tables()) * m.rows_per_token() * m.d_model * f * 4 for m in model.mixers)
-    held = sum(q.numel() for q in model.parameters())
-    if ex.sharded:  # FSDP's shards and the split tables: this GPU updates 1/W of the rest, 1/M of the tables
-        tables = sum(q.numel() for m in model.mixers for q in m.expert_tables().values())
-        held = (held - tables) / ex.world + (tables / ex.memory_parallel if ex.split_tables else tables / ex.world)
+    held = held_elements(model, ex)  # this GPU's share of every parameter, as the memory model counts it
     optimizer_bytes = held * ADAMW_BYTES * f / 4
     tables_s = (table_bytes + optimizer_bytes) / (gpu.hbm_tbs * 1e12)
     comm_s = sum(comm_bytes(model, ex).values()) / (gpu.nccl_busbw_gbs * 1e9)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from peerlab.model import Transformer
 from peerlab.parallel.fsdp import units as fsdp_units
-from peerlab.parallel.memory import Execution, _rows_used, _sparse_tables, table_ids
+from peerlab.parallel.memory import Execution, rows_used, sparse_tables, split_tables
 
 REDUCE_BYTES = 4  # FSDP reduces gradients in float32 (MixedPrecisionPolicy(reduce_dtype=float32)), DDP in theirs
 
@@ -34,10 +34,9 @@ def comm_bytes(model: Transformer, ex: Execution) -> dict[str, float]:
     if w <= 1:
         return out
     if ex.sharded:
-        split = table_ids(model, ex)
-        ignored = {q for q in model.parameters() if id(q) in split}
+        split = split_tables(model, ex)
         gather = reduce = 0.0
-        for unit in fsdp_units(model, ignored):
+        for unit in fsdp_units(model, split):
             size = 2 if ex.fsdp_16bit_params and not unit.full_precision else f
             times = 1 if unit.name == "root" else 2  # the root stays gathered from its forward to its backward
             gather += times * unit.elements * size
@@ -51,15 +50,15 @@ def comm_bytes(model: Transformer, ex: Execution) -> dict[str, float]:
                     key = f"memory parallel: {name}"
                     out[key] = out.get(key, 0.0) + a * ex.tokens * b
             if replicas > 1:
-                table_elements = sum(q.numel() for q in model.parameters() if id(q) in split)
+                table_elements = sum(q.numel() for q in split)
                 out["memory parallel: table gradients over replicas (all-reduce)"] = \
                     2 * (replicas - 1) / replicas * f * table_elements / m
     elif ex.strategy == "ddp":
-        sparse = _sparse_tables(model)
+        sparse = sparse_tables(model)
         dense = sum(q.numel() for q in model.parameters() if id(q) not in sparse)
         out["DDP all-reduce"] = 2 * (w - 1) / w * f * dense
         if sparse:
-            rows = _rows_used(model, ex.tokens * a)
+            rows = rows_used(model, ex.tokens * a)
             out["DDP sparse table rows (all-gather)"] = sum(
                 rows[id(q)] * (q.shape[1] * f + 8) * (w - 1) for q in model.parameters() if id(q) in sparse)
     return out
