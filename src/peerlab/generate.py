@@ -108,9 +108,10 @@ def complete(model: Transformer, tokenizer: Tokenizer, prompt: str | list[str], 
         return text[: min(ends)] if ends else text
 
     def done(i: int, out: list[int]) -> bool:
-        return bool(stop) and cut(tokenizer.decode(out)) != tokenizer.decode(out)
+        text = tokenizer.decode(out)
+        return any(s and s in text for s in stop)
 
-    outs = sample_batch(model, ids, settings, stop=eot, done=done, cache=cache)
+    outs = sample_batch(model, ids, settings, stop=eot, done=done if stop else None, cache=cache)
     texts = [cut(tokenizer.decode(out)) for out in outs]
     return texts[0] if isinstance(prompt, str) else texts
 
