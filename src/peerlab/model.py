@@ -73,21 +73,20 @@ class CausalSelfAttention(nn.Module):
         nn.init.normal_(self.proj.weight, std=0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                start: torch.Tensor | None = None) -> torch.Tensor:
-        """``cache``: this block's keys and values (batch, heads, seq_len, d_head) of the positions before ``start``
-        (per sequence); the new tokens' are written into it and attend to all of them."""
+                positions: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+        """``cache``: this block's keys and values (batch, heads, seq_len, d_head) of the positions each sequence has
+        run; ``positions``: the new tokens' positions (batch, time) and the end of the longest sequence with them.
+        The new tokens' keys and values are written into the cache and the tokens attend to all up to their own."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, heads, t, d_head)
         else:
             keys, values = cache
+            where, end = positions
             rows = torch.arange(b, device=x.device)[:, None]
-            where = start[:, None] + torch.arange(t, device=x.device)  # (b, t): each new token's position
             keys[rows, :, where] = k.transpose(1, 2)
             values[rows, :, where] = v.transpose(1, 2)
-            end = int(where.max()) + 1
-            # query i of sequence r sees the positions up to its own, start[r] + i
             mask = torch.arange(end, device=x.device) <= where[:, :, None]  # (b, t, end)
             y = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask[:, None])
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
@@ -121,14 +120,14 @@ class Block(nn.Module):
         self.checkpointed = False
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                start: torch.Tensor | None = None) -> torch.Tensor:
+                positions: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
         if self.checkpointed and torch.is_grad_enabled() and cache is None:
             return checkpoint(self._forward, x, use_reentrant=False,
                               context_fn=lambda: (nullcontext(), _running_stats_kept(self)))
-        return self._forward(x, cache, start)
+        return self._forward(x, cache, positions)
 
-    def _forward(self, x: torch.Tensor, cache=None, start=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), cache, start)
+    def _forward(self, x: torch.Tensor, cache=None, positions=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), cache, positions)
         return x + self.mixer(self.ln_mixer(x))
 
 
@@ -193,16 +192,19 @@ class Transformer(nn.Module):
         loss instead (in the forward pass, where a sharded model's weights are gathered). With ``cache``, ``idx``
         are the tokens that follow each sequence's cached ones, and the cache grows by them."""
         t = idx.shape[1]
-        start = cache.lengths if cache is not None else None
-        end = t + (int(start.max()) if start is not None else 0)
+        positions = None
+        if cache is None:
+            end = t
+        else:  # each new token's position, and where the longest sequence ends: once for every block
+            where = cache.lengths[:, None] + torch.arange(t, device=idx.device)
+            end = int(where.max()) + 1
+            positions = (where, end)
         if end > self.shape.seq_len:
             raise ValueError(f"sequence length {end} exceeds the model's seq_len={self.shape.seq_len}")
-        if cache is None:
-            x = self.tok_emb(idx) + self.pos_emb.weight[:t]
-        else:
-            x = self.tok_emb(idx) + self.pos_emb(start[:, None] + torch.arange(t, device=idx.device))
+        pos = self.pos_emb.weight[:t] if cache is None else self.pos_emb(positions[0])
+        x = self.tok_emb(idx) + pos
         for i, block in enumerate(self.blocks):
-            x = block(x, cache.layers[i] if cache is not None else None, start)
+            x = block(x, cache.layers[i] if cache is not None else None, positions)
         if cache is not None:
             cache.lengths += t
         h = self.ln_f(x)
