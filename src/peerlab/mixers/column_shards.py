@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from peerlab.mixers.base import ActivationMemory
 from peerlab.mixers.peer_experts import gathered_dots
 from peerlab.mixers.row_groups import RowGroups
+from peerlab.mixers.sparse_grads import expected_rows
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,12 +65,14 @@ def split_activation_memory(kind: str, router: ActivationMemory, tokens: int, m:
     """What a layer whose tables are split over ``m`` ranks holds for ``tokens`` tokens of this rank: its retrieval's
     (``router``), and the table part's: the group's ``m tokens`` rows of indices (int64 once gathered), router
     weights and partial dots, and the columns of inputs and outputs; in backward, one table's dense gradient
-    (``n_rows x d / m``) before it lands in ``.grad``."""
+    (``n_rows x d / m``) before it lands in ``.grad`` (PEER's down table: with its used rows' sums, uniform
+    retrieval assumed)."""
     g, c = m * tokens, d_model // m
     if kind == "peer":
         saved = tokens * hk * 8 + g * (8 * hk + 3 * f * hk + c * f)  # own and gathered rows, weights, dots, g act, x
         forward = g * c * f + tokens * d_model * f + min(chunk, g) * hk * c * f  # y columns, output, the dot buffer
-        backward = n_rows * c * f + g * (24 * hk + 2 * c * f + 2 * f * hk)  # row groups, dx/dy columns, dpre, dg
+        # the down table's used rows' sums beside its dense gradient, row groups, dx/dy columns, dpre, dg
+        backward = (n_rows + expected_rows(g * hk, n_rows)) * c * f + g * (24 * hk + 2 * c * f + 2 * f * hk)
     else:
         saved = tokens * hk * 8 + g * (8 * hk + f * hk)
         forward = g * c * f + tokens * d_model * f
@@ -164,7 +167,7 @@ class _PartialDots(torch.autograd.Function):
             if ctx.needs_input_grad[0] else None
         grad_table = None
         if ctx.needs_input_grad[2]:
-            groups = RowGroups(indices)
+            groups = RowGroups(indices, table.shape[0])
             grad_table = groups.as_grad(groups.row_sums(grad_pre, x), table.shape[0], False)
         return grad_x, None, grad_table, None
 

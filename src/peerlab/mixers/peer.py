@@ -163,7 +163,9 @@ class PEER(Mixer):
         if impl == "torch":
             saved += gathered + tokens * (2 * f * hk + 24)  # rows, activation, weighted activation, bag offsets
         rows = expected_rows(tokens * hk, self.n_experts)
-        dense = self.sparse_grads is False  # "auto" is dense only when every row is used: then rows = N anyway
+        # the resolved mode (FSDP and NCCL make "auto" dense); "auto" in one process is dense only when every row is
+        # used, and then rows = N anyway
+        dense = self.grad_mode() is False
         sums = (2 if impl == "triton" else 1) * rows * d * f if dense or impl == "triton" else 0
         experts_backward = tokens * (2 * f * d + 4 * f * hk + 24 * hk) + 32 * rows + sums
         if impl == "chunked":

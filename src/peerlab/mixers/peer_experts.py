@@ -82,8 +82,8 @@ class _ChunkedExperts(torch.autograd.Function):
         grad_g = grad_w * a if need_g else None
         grad_down = grad_up = None
         if need_down or need_up:
-            groups = RowGroups(indices)
             n = down.shape[0]
+            groups = RowGroups(indices, n)
             if need_down:
                 grad_down = groups.as_grad(groups.row_sums(grad_pre, x), n, ctx.sparse_grads)
             if need_up:

@@ -156,7 +156,7 @@ class _TritonExperts(torch.autograd.Function):
                                     BLOCK_J=block_j, BLOCK_D=block_d, ACT=ctx.act_code, num_warps=warps)
         grad_down = grad_up = None
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            groups = RowGroups(indices)
+            groups = RowGroups(indices, down.shape[0])
             rows_down = down.new_empty(groups.rows.numel(), d)
             rows_up = up.new_empty(groups.rows.numel(), d)
             _row_sums_kernel[(groups.rows.numel(),)](groups.order, groups.offsets, groups.ends, c_down, c_up, x, grad_y, rows_down, rows_up,

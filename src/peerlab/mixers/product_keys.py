@@ -48,7 +48,7 @@ def product_topk(
         # Pair (a, b) of the sorted halves is outranked or tied by the (a+1)(b+1) - 1 pairs (a' <= a, b' <= b), so
         # only pairs with (a+1)(b+1) <= k can be among the top k: about k ln k candidates instead of k^2 (50 for
         # k = 16). Equal scores may then resolve to another index than a full sort's, as topk's may anyway.
-        rows, cols = _dominance_pairs(k, scores1.device)
+        rows, cols = _dominance_pairs(k, scores1)
         candidates = v1.index_select(-1, rows) + v2.index_select(-1, cols)
         flat = i1.index_select(-1, rows) * n + i2.index_select(-1, cols)
         values, pos = candidates.topk(k, dim=-1)
@@ -91,11 +91,28 @@ class _ChosenScores(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=32)
-def _dominance_pairs(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _dominance_positions(k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Positions (a, b) in two descending top-k lists with (a + 1)(b + 1) <= k: the only pairs that can rank top k."""
     pairs = [(a, b) for a in range(k) for b in range(k) if (a + 1) * (b + 1) <= k]
     rows, cols = zip(*pairs, strict=True)
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=32)
+def _dominance_tensors(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = _dominance_positions(k)
     return torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+
+
+def _dominance_pairs(k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_dominance_positions` as index tensors on ``like``'s device, made once per device; under a fake mode
+    (peerlab.parallel.fake_step) made afresh, since a cached real tensor cannot meet fake ones."""
+    from peerlab.mixers.row_groups import is_fake
+
+    if is_fake(like):
+        rows, cols = _dominance_positions(k)
+        return torch.tensor(rows, device=like.device), torch.tensor(cols, device=like.device)
+    return _dominance_tensors(k, like.device)
 
 
 QUERY_NORMS = ("batch", "layer", "none")
@@ -222,7 +239,7 @@ class ProductKeyRouter(nn.Module):
         return ActivationMemory(
             saved=tokens * per_token,
             # both halves' scores, and the candidate pairs the product top-k sums: scores and flat indices (3 each)
-            forward_peak=tokens * h * (2 * f * self.n + len(_dominance_pairs(k, torch.device("cpu"))[0]) * (3 * f + 3 * 8)),
+            forward_peak=tokens * h * (2 * f * self.n + len(_dominance_positions(k)[0]) * (3 * f + 3 * 8)),
             backward_peak=tokens * (f * h * self.n + f * h * dk) + f * self.keys.numel(),
         )
 

@@ -7,16 +7,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from peerlab.mixers.sparse_grads import GradMode, sparse_this_step
+from peerlab.mixers.sparse_grads import GradMode, expected_rows, sparse_this_step
+
+
+def is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
 
 
 class RowGroups:
     """The occurrences of each used table row: indices sorted once, shared by both table gradients."""
 
-    def __init__(self, indices: torch.Tensor) -> None:
+    def __init__(self, indices: torch.Tensor, n_rows: int) -> None:
         flat = indices.flatten()
         sorted_rows, self.order = flat.sort()
-        self.rows, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
+        if is_fake(flat):
+            # A fake tensor (peerlab.parallel.fake_step: a step at full scale measured without memory) has no values,
+            # so how many rows it used is unknown: take the count the memory model assumes, uniform retrieval's.
+            used = expected_rows(flat.numel(), n_rows)
+            self.rows, counts = flat.new_empty(used), flat.new_empty(used)
+        else:
+            self.rows, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
         self.ends = counts.cumsum(0)
         self.offsets = self.ends - counts  # start of each row's occurrences
         self.tokens = self.order // indices.shape[1]  # token of each sorted occurrence

@@ -175,16 +175,19 @@ def _parts(model: Transformer, ex: Execution) -> list[_Part]:
     parts = [_Part("embeddings", saved=n * INT64, forward=n * f * d, backward=0, params=count(emb),
                    new_grad=largest_grad(emb))]
     layer_norm = n * (f * d + 2 * f)  # input (the float residual stream) and per-token mean and inverse std
+    # FSDP's 16-bit blocks cast their input to 16 bits (MixedPrecisionPolicy's cast_forward_inputs), so a block's
+    # LayerNorms save 16-bit inputs (torch's FSDPMemTracker: 4 bytes x d_model per token per block fewer)
+    block_norm = n * (2 * d + 2 * f) if ex.fsdp_16bit_params else layer_norm
     attention_params = 4 * d * d
     # input copy, q|k|v, output, and the output's log-sum-exp per head (float32)
-    attention = layer_norm + n * (c * d + 3 * c * d + c * d + 4 * s.n_head)
+    attention = block_norm + n * (c * d + 3 * c * d + c * d + 4 * s.n_head)
     for i, block in enumerate(model.blocks):
         split = ex.split_tables and block.mixer.expert_tables()
         mixer: ActivationMemory = (block.mixer.split_activation_memory(n, p, ex.memory_parallel, ex.device_type)
                                    if split else block.mixer.activation_memory(n, p, ex.device_type))
         if ex.fsdp_16bit_params and not block.mixer.full_precision:
             mixer = replace(mixer, autocast_params=0)
-        saved = attention + layer_norm + mixer.saved
+        saved = attention + block_norm + mixer.saved
         attention_backward = n * (3 * c * d + 2 * c * d + 2 * f * d)  # dq, dk, dv, the output's, the stream's
         casts = (attention_params if casts_on else 0) + (mixer.autocast_params if p.autocast else 0)
         matrices = [q.numel() for q in block.mixer.parameters() if q.ndim >= 2]
@@ -198,7 +201,9 @@ def _parts(model: Transformer, ex: Execution) -> list[_Part]:
         m = ex.loss_chunk_tokens
         # kept: the final LayerNorm's input, and the gradients the forward pass already computed (input, head)
         saved = layer_norm + n * f * d + f * V * d
-        forward = m * V * (c + 3 * LOGPROB_BYTES) + (2 * V * d if p.autocast else 0)
+        # one chunk's log-probabilities, their gradient and log-softmax's input gradient, in float32; the 16-bit
+        # logits are freed once copied to float32, before those exist (torch's FSDPMemTracker, at_scale.md)
+        forward = m * V * 3 * LOGPROB_BYTES + (2 * V * d if p.autocast else 0)
         backward = n * f * d
         head_cast = 0  # made and dropped inside each chunk's forward
     else:
@@ -277,18 +282,27 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     gathered = {name: n * b for name, n, b in units}
     order = [u for u, _, _ in units]
 
-    def fsdp_unit_load(name: str, backward: bool) -> int:
-        """A unit's gathered weights, the next one's (prefetch) and, in backward, its unsharded gradients and their
-        float32 copy for the reduce-scatter (16-bit units)."""
+    def fsdp_unit_load(name: str, backward: bool) -> tuple[int, int]:
+        """In forward, a unit's gathered weights and all-gather buffers (below); in backward, its gathered weights,
+        the next one's (prefetch) and its unsharded gradients. Then,
+        in backward, what its post-backward holds once FSDP2 has freed the gathered weights (and autograd the
+        part's saved tensors): the prefetched unit, the unsharded gradients and their float32 copy for the
+        reduce-scatter (16-bit units). Measured apart by torch's tracker (peerlab.parallel.fake_step): d24/moe's
+        MoE block peaks at its reduce-scatter, with its weights already freed."""
         names = [u for u in order if u == name or u.startswith(name + " ")]
         if not names:
-            return 0
+            return 0, 0
         here = sum(gathered[u] for u in names)
-        nxt = order.index(names[-1]) + 1 if not backward else order.index(names[0]) - 1
-        prefetch = gathered[order[nxt]] if 0 <= nxt < len(order) else 0
         if not backward:
-            return here + prefetch
-        return here + prefetch + sum(fsdp_unsharded_grad_bytes(n, b) for u, n, b in units if u in names)
+            # no prefetch in forward; the all-gather's flat output outlives the copy into the unit's parameters
+            # until the next unit's all-gather ("defer free"): the unit's own and the previous unit's are held
+            before = order.index(names[0]) - 1
+            return 2 * here + (gathered[order[before]] if before >= 0 else 0), 0
+        nxt = order.index(names[0]) - 1
+        prefetch = gathered[order[nxt]] if 0 <= nxt < len(order) else 0
+        own = [(n, b) for u, n, b in units if u in names]
+        return (here + prefetch + sum(n * b for n, b in own),
+                prefetch + sum(fsdp_unsharded_grad_bytes(n, b) for n, b in own))
 
     def kept(part: _Part) -> int:  # saved until the backward pass: a checkpointed block keeps its input only
         if ex.activation_checkpointing and part.name.startswith("block"):
@@ -299,7 +313,7 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     live = 0
     for part in parts:
         phases.append((f"forward, {part.name}", grads if persistent else 0, live + part.saved,
-                       root + part.forward + fsdp_unit_load(part.name, False)))
+                       root + part.forward + fsdp_unit_load(part.name, False)[0]))
         live += kept(part)
     end_of_forward = live
     made = 0  # gradients the backward has made so far (when they do not persist)
@@ -309,10 +323,14 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
             new_grads = f * part.params if part.name in ("LM head", "embeddings") else 0
         else:  # the largest parameter's new gradient (and autocast's 16-bit one) while the part's saved tensors live
             new_grads = part.new_grad
+        computing, reducing = fsdp_unit_load(part.name, True)
         phases.append((f"backward, {part.name}", grads if persistent else made, live + recompute,
-                       root + part.backward + new_grads + fsdp_unit_load(part.name, True)))
+                       root + part.backward + new_grads + computing))
         made += part_grads[part.name]
         live -= kept(part)
+        if reducing:
+            phases.append((f"backward, {part.name} reduce-scatter", grads if persistent else made, live,
+                           root + reducing))
     # the optimizer's temporaries: on the CPU torch's per-tensor AdamW holds two weight-sized temporaries of the
     # largest tensor at once (the moments' square root, then the scaled update; measured against the profiler's
     # trace); CUDA takes the fused kernel.
