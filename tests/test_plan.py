@@ -37,6 +37,9 @@ def plan(*args: str, check: bool = True) -> SimpleNamespace:
     return proc
 
 
+FIXED_4X4 = ("data.batch_size=4", "trainer.accumulate_grad_batches=4", "data.sequences_per_step=null")
+
+
 @pytest.fixture(scope="module")
 def paper_grid() -> list[dict]:
     return json.loads(plan("-cd", "experiments", "-cn", "isoflop_paper", "--device-gb", "40", "--json").stdout)
@@ -48,8 +51,12 @@ def test_every_point_of_the_paper_grid_fits_40_gb(paper_grid):
     assert all(required <= set(row) for row in paper_grid)
     assert all(row["fits"] and row["estimate_gb"] <= 0.9 * 40 for row in paper_grid)
     assert {row["strategy"] for row in paper_grid} == {"fsdp"}
-    # the same 128 x 2048 tokens per step as the paper, as micro-batches of 4 sequences
-    assert {(row["micro_batch"], row["accumulate"], row["tokens_per_step"]) for row in paper_grid} == {(4, 4, 128 * 2048)}
+    # the same 128 x 2048 tokens per step as the paper, in the largest micro-batches that fit (data.batch_size=auto):
+    # all 16 sequences at once for the smallest models, 4 x 4 for the largest with tables
+    assert {row["tokens_per_step"] for row in paper_grid} == {128 * 2048}
+    assert all(row["micro_batch_auto"] and row["micro_batch"] * row["accumulate"] == 16 for row in paper_grid)
+    chosen = {" ".join(row["overrides"][1:]): row["micro_batch"] for row in paper_grid}
+    assert chosen["model=d12 layer=ffw"] == 16 and chosen["model=d24 layer=peer"] == 4
 
 
 def test_the_paper_grid_splits_pkm_and_peer_tables_and_moves_a_seventh_of_the_bytes(paper_grid):
@@ -62,7 +69,8 @@ def test_the_paper_grid_splits_pkm_and_peer_tables_and_moves_a_seventh_of_the_by
     d24 = next(r for r in paper_grid if r["overrides"] == ["budget=2e+19", "model=d24", "layer=peer"])
     assert d24["estimate_gb"] <= 0.85 * 40 and d24["micro_batch"] >= 4
     gathered = json.loads(plan("-cd", "experiments", "-cn", "isoflop_paper", "--device-gb", "40", "--json",
-                               "budget=2e19", "model=d24", "layer=peer", "trainer.memory_parallel=1").stdout)[0]
+                               "budget=2e19", "model=d24", "layer=peer", "trainer.memory_parallel=1",
+                               *FIXED_4X4).stdout)[0]
     assert d24["comm_gb_per_step"] <= gathered["comm_gb_per_step"] / 3
     tables = sum(v for k, v in d24["comm_gb"].items() if k.startswith("memory parallel"))
     fsdp_gathers_of_tables = gathered["comm_gb_per_step"] - (d24["comm_gb_per_step"] - tables)
@@ -201,16 +209,17 @@ def test_a_suggestion_may_switch_peer_to_its_chunked_path(compose, monkeypatch):
     chunked = estimate(variants[0][1](), ex).peak
     assert chunked < triton  # one buffer of the used rows' sums, not two
     monkeypatch.setattr(peerlab.parallel.plan, "_candidates", lambda ex, splits=(): [])  # no change of the step itself to try
-    change, _ = what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2, variants)
+    outside = lambda e: 0  # noqa: E731  (the CUDA context and NCCL buffers are the same for both)
+    change, _ = what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2, variants, outside)
     assert change is not None and change.overrides == ("layer.impl=chunked",) and change.estimate.peak == chunked
-    assert what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2)[0] is None  # without it, nothing fits
+    assert what_fits(lambda: _meta_model(cfg), ex, (chunked + triton) / 2, outside=outside)[0] is None  # without it, nothing fits
 
 
 def test_a_suggestion_considers_memory_parallelism_first_for_tables(cache_dir):
     """d24/peer at 4 x 4 with its tables gathered does not fit 40 GB; the first change that fits splits them (the
     size that moves fewest bytes), before a smaller micro-batch under plain FSDP."""
     row = json.loads(plan("-cd", "experiments", "-cn", "isoflop_paper", "--device-gb", "40", "--json", "budget=2e19",
-                          "model=d24", "layer=peer", "trainer.memory_parallel=1").stdout)[0]
+                          "model=d24", "layer=peer", "trainer.memory_parallel=1", *FIXED_4X4).stdout)[0]
     assert not row["fits"]
     assert row["suggestion"]["overrides"] == ["trainer.memory_parallel=8"]
     assert row["suggestion"]["comm_gb_per_step"] < row["comm_gb_per_step"] / 3
@@ -259,7 +268,7 @@ def test_step_time_and_gpu_hours_follow_their_counts():
     assert t.comm_s == pytest.approx(sum(comm_bytes(dense, ex).values()) / 470e9)
     assert t.step_s == (max(t.matmul_s[0] + t.tables_s, t.comm_s), t.matmul_s[1] + t.tables_s + t.comm_s)
     row = json.loads(plan("-cd", "experiments", "-cn", "isoflop_paper", "--gpu", "h100", "--json", "budget=6e18",
-                          "model=d12", "layer=ffw").stdout)[0]
+                          "model=d12", "layer=ffw", *FIXED_4X4).stdout)[0]
     assert row["device_gb"] == 80 and row["step_s"] == pytest.approx(list(t.step_s))
     assert row["gpu_hours"] == pytest.approx([row["steps"] * s * 8 / 3600 for s in t.step_s])
     assert row["tokens_per_s"] == pytest.approx([128 * 2048 / s for s in reversed(t.step_s)])
@@ -314,3 +323,32 @@ def test_gpu_scale_matches_the_visible_card_to_the_time_models_figures(monkeypat
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(total_memory=gib * 2**30))
     assert card() == expected
+
+
+def test_the_schema_the_strategies_and_the_memory_model_know_the_same_precisions():
+    """One list: every precision the schema accepts has byte sizes in the memory model (a precision the memory model
+    lacked crashed the planner with a traceback), and FSDP's are a subset of it."""
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    from peerlab.config import FSDP_PRECISIONS, PRECISION_ALIASES, PRECISIONS
+    from peerlab.parallel.memory import BYTES
+
+    assert set(BYTES) == set(PRECISIONS) and set(FSDP_PRECISIONS) <= set(PRECISIONS)
+    assert set(PRECISION_ALIASES.values()) <= set(PRECISIONS)
+    assert set(PRECISIONS) <= set(_PRECISION_INPUT_STR.__args__)  # names Lightning knows
+
+
+def test_every_precision_lightning_names_either_plans_or_is_refused_in_one_line(compose):
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    from peerlab.config import ConfigError, precision_name, validate
+    from peerlab.parallel.plan import plan_point
+
+    for name in _PRECISION_INPUT_STR.__args__:
+        cfg = compose(f"trainer.precision={name}")
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            assert str(exc).startswith(f"trainer.precision={name!r}") and "\n" not in str(exc)
+            continue
+        assert plan_point(cfg, [], 80.0, device="cuda")["precision"] == precision_name(name)

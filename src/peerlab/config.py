@@ -28,7 +28,7 @@ ADDED_KEYS = {"optim.groups.product_keys": {}, "data.train_fraction": 1.0, "trai
               # memory settings that leave results as they were: the loss's chunks start above the 8192 tokens per
               # micro-batch that every run before them had at most
               "trainer.activation_checkpointing": False, "trainer.loss_chunk_tokens": 8192,
-              "trainer.check_memory": True, "trainer.memory_parallel": 1}
+              "trainer.check_memory": True, "trainer.memory_parallel": 1, "data.sequences_per_step": None}
 
 
 class ConfigError(ValueError):
@@ -278,7 +278,7 @@ def validate_optim(o: DictConfig, prefix: str = "") -> None:
 # Keys of every data option (configs/data/*.yaml) and of the tokenizer: the nodes the schema leaves open.
 DATA_KEYS = ("name", "kind", "sources", "files", "val_fraction", "train_fraction", "seq_len", "batch_size",
              "num_workers", "cache_dir", "path", "train_shards", "val_shards", "max_documents", "text_field",
-             "num_proc", "hf_cache_dir")
+             "num_proc", "hf_cache_dir", "sequences_per_step")
 TOKENIZER_KEYS = ("kind", "vocab_size")
 
 
@@ -335,8 +335,15 @@ def validate(cfg: DictConfig) -> None:
     _require(isinstance(cfg.layer, DictConfig) and "_target_" in cfg.layer, "layer", cfg.layer, "must be a config group option with a _target_ (layer=ffw|moe|pkm|peer)")
 
     d = cfg.data
-    for key in ("seq_len", "batch_size"):
-        _require(_is_int(d.get(key)) and d.get(key) >= 1, f"data.{key}", d.get(key), "must be an integer >= 1")
+    _require(_is_int(d.get("seq_len")) and d.get("seq_len") >= 1, "data.seq_len", d.get("seq_len"), "must be an integer >= 1")
+    _require((_is_int(d.get("batch_size")) and d.get("batch_size") >= 1) or d.get("batch_size") == "auto", "data.batch_size",
+             d.get("batch_size"), "must be an integer >= 1 (sequences per process per forward pass) or auto (the largest "
+             "that fits, with data.sequences_per_step)")
+    steps = d.get("sequences_per_step")
+    _require(steps is None or (_is_int(steps) and steps >= 1), "data.sequences_per_step", steps,
+             "must be an integer >= 1 (sequences per optimizer step over all processes) or null")
+    _require(d.get("batch_size") != "auto" or steps is not None, "data.batch_size", "auto",
+             "needs data.sequences_per_step: the sequences of one optimizer step over all processes (the paper's: 128)")
     _require(d.get("kind", "embedded") in ("embedded", "c4"), "data.kind", d.get("kind"), "allowed: embedded, c4")
     tf = d.get("train_fraction", 1.0)
     _require(isinstance(tf, float | int) and not isinstance(tf, bool) and 0 < tf <= 1, "data.train_fraction", tf,

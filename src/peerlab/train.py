@@ -122,6 +122,22 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
     return (sums[0] / sums[1]).item(), stats
 
 
+def settle_micro_batch(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """``data.batch_size=auto`` made concrete before anything reads it (peerlab.parallel.micro_batch): the choice a
+    resumed run's folder recorded, else the largest micro-batch that fits this device."""
+    from peerlab.parallel import micro_batch
+    from peerlab.parallel.plan import HEADROOM
+
+    world = world_size(cfg.trainer)
+    if not micro_batch.is_auto(cfg):
+        micro_batch.check_consistent(cfg, world)
+        return cfg
+    saved = run_folder.saved_config(run_dir) if cfg.resume and run_folder.holds_run(run_dir) else None
+    device = "cuda" if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    limit = micro_batch.device_limit(device, max(1, world // int(cfg.trainer.num_nodes)), HEADROOM)
+    return micro_batch.settle(cfg, world, device, limit, saved)
+
+
 def run(cfg: DictConfig) -> dict:
     """Train ``cfg``'s run in its folder, which rank 0 holds against any other process until the run ends."""
     t0 = time.time()
@@ -142,6 +158,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict:
     check_mixer(cfg)
+    cfg = settle_micro_batch(cfg, run_dir)
     done = run_folder.settle(run_dir, cfg, rank)  # refuses another config; resume=false moves the earlier run aside
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg, progress=cfg.trainer.progress_bar)

@@ -11,9 +11,9 @@ It takes ``train.py``'s arguments (a sweep file, sweeps on the command line) and
 ``train.py -m`` would; nothing is trained and nothing is allocated (models are built on the meta device). Memory
 is :mod:`peerlab.parallel.memory`'s model for CUDA unless ``trainer.accelerator=cpu`` (or ``--device cpu``), traffic
 :mod:`peerlab.parallel.traffic`'s, time :mod:`peerlab.parallel.step_time`'s (an estimate until a card is measured).
-A point fits when its peak stays under 90% of ``--device-gb`` (GiB; default: the ``--gpu`` card's, the visible
-GPU's memory, else 80): the rest is left for what the model does not count (CUDA context, NCCL buffers,
-fragmentation). For a point that does not fit, the first of these that does is shown, as overrides to add: the
+A point fits when its peak plus the CUDA context and NCCL's buffers (:mod:`peerlab.parallel.cuda_overhead`, measured
+figures with their sources) stays under 90% of ``--device-gb`` (GiB; default: the ``--gpu`` card's, the visible
+GPU's memory, else 80): the rest is left for the caching allocator's fragmentation. For a point that does not fit, the first of these that does is shown, as overrides to add: the
 chunked LM loss; expert tables split by columns (``trainer.memory_parallel``, the size that moves fewest bytes
 first); a smaller micro-batch with more accumulation (the same tokens per step); FSDP (``trainer=fsdp``); activation
 checkpointing; their combinations.
@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from peerlab.builders import build_model
 from peerlab.config import ConfigError, human_count, precision_name, validate, written_as
 from peerlab.flops import BudgetTooSmall, flops_breakdown, plan_budget, tokens_per_step
+from peerlab.parallel import cuda_overhead, micro_batch
 from peerlab.parallel.distributed import world_size
 from peerlab.parallel.memory import Estimate, Execution
 from peerlab.parallel.memory import estimate as memory_estimate
@@ -139,11 +140,13 @@ def _candidates(ex: Execution, splits: list[int] = ()) -> list[tuple[tuple[str, 
     return out
 
 
-def what_fits(build, ex: Execution, limit: float, variants=()) -> tuple[Change | None, Change | None]:
-    """The first change (in :func:`_candidates`' order) whose peak is at most ``limit`` bytes, and the change with
-    the lowest peak of all (what the point needs at least). ``build()`` makes the model on the meta device;
-    ``variants``, ``(overrides, build)`` of other models (PEER's chunked path), are tried after every change of how
-    the step runs has failed, alone and then with each of those changes."""
+def what_fits(build, ex: Execution, limit: float, variants=(), outside=None) -> tuple[Change | None, Change | None]:
+    """The first change (in :func:`_candidates`' order) whose peak plus ``outside(execution)`` (bytes outside
+    PyTorch's allocator; default :func:`peerlab.parallel.cuda_overhead.of`) is at most ``limit`` bytes, and the
+    change with the lowest peak of all (what the point needs at least). ``build()`` makes the model on the meta
+    device; ``variants``, ``(overrides, build)`` of other models (PEER's chunked path), are tried after every change
+    of how the step runs has failed, alone and then with each of those changes."""
+    outside = outside or (lambda e: sum(cuda_overhead.of(e).values()))
     lowest = None
     model = build()
     splits = ranked(model, ex) if ex.world > 1 and any(m.expert_tables() for m in model.mixers) else []
@@ -151,7 +154,7 @@ def what_fits(build, ex: Execution, limit: float, variants=()) -> tuple[Change |
         for args, candidate in ([((), ex)] if model_args else []) + _candidates(ex, splits):
             est = estimate(make(), candidate)
             change = Change((*model_args, *args), est, candidate)
-            if est.peak <= limit:
+            if est.peak + outside(candidate) <= limit:
                 return change, change
             if lowest is None or est.peak < lowest.estimate.peak:
                 lowest = change
@@ -190,13 +193,18 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
     validate(cfg)
     device = device or device_type(cfg, for_a_gpu)
     world = world_size(cfg.trainer)  # devices x nodes; "auto" counts the GPUs visible here (one without)
+    auto_micro = micro_batch.is_auto(cfg)
+    try:
+        cfg = micro_batch.settle(cfg, world, device, HEADROOM * device_gib * GIB)  # data.batch_size=auto: what fits
+    except micro_batch.NothingFits:  # shown as a point that does not fit, with what would
+        cfg = micro_batch.with_micro_batch(cfg, 1, micro_batch.per_device_sequences(cfg, world))
     model = _meta_model(cfg)
     ex = execution(cfg, device, world, model)
     flops = flops_breakdown(model)
     step_tokens = tokens_per_step(ex.micro_batch, ex.seq_len, ex.accumulate, world)
     row: dict = {"overrides": overrides, "params": model.num_params(), "params_active": model.active_params(),
                  "flops_per_token": flops.train, "strategy": ex.strategy, "world": world, "precision": ex.precision,
-                 "micro_batch": ex.micro_batch, "accumulate": ex.accumulate, "tokens_per_step": step_tokens,
+                 "micro_batch": ex.micro_batch, "micro_batch_auto": auto_micro, "accumulate": ex.accumulate, "tokens_per_step": step_tokens,
                  "activation_checkpointing": ex.activation_checkpointing, "loss_chunk_tokens": ex.loss_chunk_tokens,
                  "memory_parallel": ex.memory_parallel, "device": device, "device_gb": device_gib}
     try:
@@ -216,8 +224,11 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
         if row.get("steps"):
             row["gpu_hours"] = [row["steps"] * t * world / 3600 for t in (fast, slow)]
     limit = HEADROOM * device_gib * GIB
+    outside = cuda_overhead.of(ex)
     row.update(estimate_gb=gib(est.peak), states_gb=gib(est.model_states), activations_gb=gib(est.activations),
-               transients_gb=gib(est.transients), phase=est.phase, fits=est.peak <= limit, notes=list(est.notes))
+               transients_gb=gib(est.transients), phase=est.phase, overhead_gb=gib(sum(outside.values())),
+               overhead={k: gib(v) for k, v in outside.items()}, fits=est.peak + sum(outside.values()) <= limit,
+               notes=list(est.notes))
     row["suggestion"] = None
     if not row["fits"]:
         change, lowest = what_fits(lambda: _meta_model(cfg), ex, limit, model_variants(cfg, device))
@@ -225,7 +236,7 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
             row["suggestion"] = {"overrides": list(change.overrides), "estimate_gb": gib(change.estimate.peak),
                                  "comm_gb_per_step": sum(comm_bytes(model, change.execution).values()) / GB}
         else:
-            row["needs_gb"] = gib(lowest.estimate.peak) / HEADROOM
+            row["needs_gb"] = gib(lowest.estimate.peak + sum(cuda_overhead.of(lowest.execution).values())) / HEADROOM
             row["lowest"] = {"overrides": list(lowest.overrides), "estimate_gb": gib(lowest.estimate.peak)}
     return row
 
@@ -246,11 +257,13 @@ def check_run(build, cfg: DictConfig, world: int, cuda: bool) -> tuple[Estimate,
     if cuda and cfg.trainer.get("check_memory", True):
         free, total = torch.cuda.mem_get_info()  # what this process can still have, not the card's size
         limit = HEADROOM * free  # the same threshold as the plan's "fits"
-        if est.peak > limit:
-            change, _ = what_fits(build, ex, limit)
+        # this process's CUDA context exists now (free memory excludes it); NCCL's buffers come at the first collective
+        nccl = lambda e: sum(v for k, v in cuda_overhead.of(e).items() if k != "CUDA context")  # noqa: E731
+        if est.peak + nccl(ex) > limit:
+            change, _ = what_fits(build, ex, limit, outside=nccl)
             fix = (f"add {' '.join(change.overrides)} ({gib(change.estimate.peak):.3g} GiB)" if change else
                    "no setting of micro-batch, FSDP and activation checkpointing fits it")
-            raise ConfigError(f"trainer: this run needs about {gib(est.peak):.3g} GiB per GPU, more than "
+            raise ConfigError(f"trainer: this run needs about {gib(est.peak + nccl(ex)):.3g} GiB per GPU, more than "
                               f"{HEADROOM:.0%} of the {gib(free):.3g} GiB free of {gib(total):.3g} GiB on "
                               f"{torch.cuda.get_device_name()}; {fix}; or trainer.check_memory=false to try anyway")
     return est, ex
@@ -279,7 +292,7 @@ def table(rows: list[dict]) -> str:
     """A markdown table, one row per point, GiB per device."""
     timed = any("step_s" in r for r in rows)
     head = ("| point | params (active) | steps | tokens | FLOPs | strategy | micro x acc | states | activations "
-            "| transients | peak GiB | comm GB/step | " + ("step s | GPU-hours | " if timed else "")
+            "| transients | peak GiB | + CUDA, NCCL | comm GB/step | " + ("step s | GPU-hours | " if timed else "")
             + "with 10% headroom |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -290,8 +303,9 @@ def table(rows: list[dict]) -> str:
         strategy = (f"{r['strategy']} x{r['world']}" + (f" M{r['memory_parallel']}" if r["memory_parallel"] > 1 else "")
                     + (" +ckpt" if r["activation_checkpointing"] else ""))
         lines.append(f"| {name} | {human_count(r['params'])} ({human_count(r['params_active'])}) | {steps} | {tokens} | "
-                     f"{flops} | {strategy} | {r['micro_batch']} x {r['accumulate']} | {gb(r['states_gb'])} | "
+                     f"{flops} | {strategy} | {r['micro_batch']} x {r['accumulate']}{' (auto)' if r.get('micro_batch_auto') else ''} | {gb(r['states_gb'])} | "
                      f"{gb(r['activations_gb'])} | {gb(r['transients_gb'])} | {gb(r['estimate_gb'])} | "
+                     f"{gb(r['overhead_gb']) if r['overhead_gb'] else '-'} | "
                      f"{gb(r['comm_gb_per_step'])} | " + (timing_cells(r) if timed else "") + f"{verdict(r)} |")
     return "\n".join(lines)
 
@@ -346,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fitting = sum(r["fits"] for r in rows)
         print(table(rows))
-        print(f"\n{fitting} of {len(rows)} point(s) fit {device_gib:g} GiB per device with 10% headroom "
-              f"(peaks in GiB per device, {rows[0]['device'] if rows else 'cuda'}; python -m peerlab.plan --help)")
+        print(f"\n{fitting} of {len(rows)} point(s) fit {device_gib:g} GiB per device with 10% headroom: peak plus "
+              f"the CUDA context and NCCL's buffers (peerlab.parallel.cuda_overhead) under 90% (GiB per device, "
+              f"{rows[0]['device'] if rows else 'cuda'}; python -m peerlab.plan --help)")
         if gpu is not None:
             hours = [sum(r["gpu_hours"][i] for r in rows if r.get("gpu_hours")) for i in (0, 1)]
             print(f"on {gpu.name}: {hours[0]:,.0f}-{hours[1]:,.0f} GPU-hours in all, an estimate (step s: "
