@@ -189,3 +189,20 @@ def test_the_minutes_based_checkpoint_fires_on_every_rank_at_the_same_step(tmp_p
     rank0, rank1 = saves(tmp_path / "m" / "train.log"), saves(tmp_path / "m" / "train.rank1.log")
     steps = [line.split(" (")[0] for line in rank0]
     assert len(steps) >= 2 and steps == [line.split(" (")[0] for line in rank1]
+
+
+def test_an_fsdp_checkpoint_exports_to_transformers_with_its_logits(trained, tmp_path):
+    """issue 38: the consolidated checkpoint of a run trained with FSDP exports like any other."""
+    from transformers import AutoModelForCausalLM
+
+    import peerlab
+    import peerlab.hf  # noqa: F401
+    from peerlab.export import export
+
+    ckpt = trained / "fsdp" / "checkpoints" / "last.ckpt"
+    out = export(ckpt, tmp_path / "hf")
+    ours, _ = peerlab.load(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, ours.shape.vocab_size, (2, ours.shape.seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(ids).logits - ours(ids)).abs().max().item() <= 1e-5

@@ -42,3 +42,26 @@ def _output(file: bool):
 
 output_folder = _output(file=False)
 output_file = _output(file=True)
+
+
+def key_values(argv: list[str], allowed: dict[str, str], required: tuple[str, ...], prog: str) -> dict[str, str]:
+    """``key=value`` arguments (as train.py's): ``allowed`` maps each key to its help; a stray, repeated or missing
+    key is refused in one line. ``--help`` prints the keys."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {prog} " + " ".join(f"{k}=..." for k in allowed) + "\n")
+        print("\n".join(f"  {k:<14} {text}" for k, text in allowed.items()))
+        sys.exit(0)
+    out: dict[str, str] = {}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq:
+            fail(f"{arg!r}: arguments are key=value; keys: {', '.join(allowed)} (see {prog} --help)")
+        if key not in allowed:
+            fail(f"{key}: not a key of {prog}; allowed: {', '.join(allowed)}")
+        if key in out:
+            fail(f"{key}: given twice")
+        out[key] = value
+    for key in required:
+        if not out.get(key):
+            fail(f"{key}: required ({allowed[key]})")
+    return out
