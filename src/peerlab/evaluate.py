@@ -258,8 +258,15 @@ def run_eval(cfg: Any) -> dict[str, dict[str, float]]:
 
 
 def _log_wandb(ckpt: str, label: str, row: dict[str, float]) -> None:
-    """Add the perplexities to the checkpoint's own W&B run, in its project (offline unless an API key is
-    configured): the summary gets ``eval/<set>/ppl``, the history one row past the run's last step."""
+    """Add the perplexities to the checkpoint's own W&B run: the summary gets ``eval/<set>/ppl``, the history a
+    table one row past the run's last step."""
+    log_table_to_run(ckpt, "eval/table", ["method", *row], [[label, *row.values()]],
+                     summary={f"eval/{k}/ppl": v for k, v in row.items()})
+
+
+def log_table_to_run(ckpt: str, key: str, columns: list[str], rows: list[list], summary: dict | None = None) -> None:
+    """Log a table (and ``summary`` values) into the checkpoint's own W&B run, in its project (offline unless an API
+    key is configured), one row past the run's last logged step."""
     import wandb
 
     from peerlab.loggers import last_logged_step, run_folders, sync_command, wandb_mode, wandb_settings
@@ -275,9 +282,8 @@ def _log_wandb(ckpt: str, label: str, row: dict[str, float]) -> None:
     earlier = run_folders(run_dir, run_id) if run_id else []
     run = wandb.init(project=wandb_cfg.get("project") or "peerlab", entity=wandb_cfg.get("entity"), id=run_id,
                      resume="allow", dir=str(run_dir), mode=mode, settings=wandb_settings(mode))
-    run.summary.update({f"eval/{k}/ppl": v for k, v in row.items()})
-    table = wandb.Table(columns=["method", *row], data=[[label, *row.values()]])
-    run.log({"eval/table": table}, step=last_logged_step(earlier) + 1)
+    run.summary.update(summary or {})
+    run.log({key: wandb.Table(columns=columns, data=rows)}, step=last_logged_step(earlier) + 1)
     offline = run.offline
     run.finish()
     if offline:
