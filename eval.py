@@ -1,4 +1,4 @@
-"""Perplexity of checkpoints on evaluation sets: ``python eval.py ckpt=<path> eval_sets=[embedded,c4]`` (see README)."""
+"""Perplexity of checkpoints on evaluation sets: ``python eval.py ckpt=<path> eval_sets=[embedded,c4]`` (see docs/data-and-evaluation.md)."""
 
 import sys
 from pathlib import Path

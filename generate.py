@@ -1,5 +1,5 @@
 """Text from a checkpoint: ``python generate.py ckpt=<path> prompt="..." max_new_tokens=N temperature=T top_k=K
-seed=S`` (see README, "Text from a checkpoint")."""
+seed=S`` (see docs/data-and-evaluation.md, "Text from a checkpoint")."""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Train one model for a FLOP budget: ``python train.py layer=peer model=d4 budget=3e13`` (see README)."""
+"""Train one model for a FLOP budget: ``python train.py layer=peer model=d4 budget=3e13`` (see docs/training.md)."""
 
 import logging
 import sys

@@ -5,7 +5,7 @@
     python -m benchmarks.profile_mixer s3 memory_plus --rows 10 --steps 20
 
 The study cases of ``benchmarks.run`` time whole training steps; this says which ops of a layer make up its share
-(e.g. why Memory+ and PKM train at ~0.75x of dense at s3, README "Benchmarks").
+(e.g. why Memory+ and PKM train at ~0.75x of dense at s3, docs/development.md, "Benchmarks").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The paper grid's peak memory and traffic per GPU under the ways of running it, from the planner's models
-(``peerlab.parallel.memory``, ``peerlab.parallel.traffic``): the README's table, and the 16-million-expert rows.
+(``peerlab.parallel.memory``, ``peerlab.parallel.traffic``): docs/scale-out.md's tables (python -m peerlab.doc_tables), and the 16-million-expert rows.
 
     python experiments/memory_table.py > experiments/results/memory/isoflop_paper.md
 

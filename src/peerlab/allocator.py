@@ -12,7 +12,7 @@ Entry points call :func:`reexec_with_tunables`: glibc reads ``MALLOC_MMAP_THRESH
 ``MALLOC_TRIM_THRESHOLD_`` when the process starts, so the script re-executes itself once with them set (child
 processes, DataLoader workers and DDP ranks inherit them). Measured on ``python train.py budget=3.6e12`` (one
 thread): 11.2M minor page faults and 18.0 s of system time by default, 0.2M and 0.8-0.9 s with the thresholds, the
-same final loss (README, "Benchmarks"). :func:`keep_freed_memory` sets the same thresholds with ``mallopt`` inside a running process
+same final loss (docs/development.md, "Benchmarks"). :func:`keep_freed_memory` sets the same thresholds with ``mallopt`` inside a running process
 (benchmarks); it leaves some faults that the start-up settings do not.
 """
 

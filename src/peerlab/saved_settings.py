@@ -13,7 +13,7 @@ run code or allocate what the file does not hold:
   refused instead of allocated.
 
 The user's own command line and config files are another matter: they compose and instantiate as Hydra does,
-since they are the user's code (README, "Checkpoints are data").
+since they are the user's code (docs/data-and-evaluation.md, "Checkpoints are data").
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ all-reduce for DDP either (pytorch/pytorch#22400). ``auto`` (the default) theref
 
 A dense and a sparse step give the same update when every row is retrieved. When some rows are not, LazyAdamW leaves
 them untouched under sparse gradients, while dense AdamW also moves them along their momentum (and their zero
-gradient); at the paper's scale the two coincide, on small runs they differ slightly (README, "Layers").
+gradient); at the paper's scale the two coincide, on small runs they differ slightly (docs/layers.md).
 """
 
 from __future__ import annotations

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                              "trainer.accelerator=cpu)")
     ap.add_argument("--gpu", choices=sorted(GPUS), default=None,
                     help="estimate step time and GPU-hours on this card (its memory unless --device-gb); "
-                         "constants and sources: README, 'Time and cost'")
+                         "constants and sources: docs/scale-out.md, 'Time and cost'")
     ap.add_argument("--json", action="store_true", help="print a JSON list, one object per point")
     ap.add_argument("overrides", nargs="*", help="train.py overrides (key=value, sweeps as a,b,c)")
     args = ap.parse_args(argv)

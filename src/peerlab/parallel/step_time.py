@@ -85,7 +85,7 @@ def step_time(model: Transformer, ex: Execution, train_flops_per_token: int, gpu
 
 
 def constants_table() -> str:
-    """The cards ``--gpu`` knows, as a markdown table (the README's, checked against this by a test)."""
+    """The cards ``--gpu`` knows, as a markdown table (docs/scale-out.md's, written by python -m peerlab.doc_tables)."""
     lines = ["| `--gpu` | card | memory GiB | bf16 / TF32 dense TFLOPS | HBM TB/s | NCCL bus GB/s (8 GPUs) | sources |",
              "|---|---|---|---|---|---|---|"]
     for key, g in GPUS.items():
