@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow  # two training processes side by side (the joblib launcher): the real multi-process run
 def test_demo_trains_both_prints_the_difference_and_draws_the_curves(tmp_path, cache_dir):
     proc = subprocess.run([sys.executable, "-m", "peerlab.demo", "--budget", "3e10", "--out", str(tmp_path / "demo")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)

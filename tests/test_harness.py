@@ -124,18 +124,35 @@ def test_mistakes_are_one_line(checkpoint, entry, args, message):
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
-def test_unknown_and_unreachable_tasks_are_refused_in_one_line(monkeypatch):
+def test_unknown_and_unreachable_tasks_are_refused_in_one_line(tmp_path, monkeypatch):
+    """A task on the hub without a network (a task of the folder's naming a hub dataset, as hellaswag's does, so that
+    the harness's thousands of task files need not be indexed) and a task nobody defines: one line each."""
     from peerlab.config import ConfigError
     from peerlab.harness import task_dict, task_manager
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    manager = task_manager(["hellaswag"], None)  # the harness's whole index: once
-    for task, message in (("hellaswag", "tasks='hellaswag': its data could not be loaded"),
+    (tmp_path / "hub.yaml").write_text((TASKS / "peerlab_mc.yaml").read_text()
+                                       .replace("task: peerlab_mc", "task: on_the_hub")
+                                       .replace("dataset_path: json", "dataset_path: Rowan/hellaswag")
+                                       .replace("dataset_kwargs:", "unused_kwargs:"))
+    manager = task_manager(["on_the_hub"], str(tmp_path))
+    for task, message in (("on_the_hub", "tasks='on_the_hub': its data could not be loaded"),
                           ("no_such_task", "tasks='no_such_task': the harness knows no such task")):
         with pytest.raises(ConfigError) as info:
-            task_dict([task], None, manager)
+            task_dict([task], str(tmp_path), manager)
         assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_hub_task_of_the_harness_without_a_network_is_refused_in_one_line(monkeypatch):
+    from peerlab.config import ConfigError
+    from peerlab.harness import task_dict
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"^tasks='hellaswag': its data could not be loaded"):
+        task_dict(["hellaswag"], None)
 
 
 def test_a_missing_extra_names_the_install_command(monkeypatch):
