@@ -292,8 +292,13 @@ def planner_check(args: argparse.Namespace, report: dict) -> None:
 
     device = "cpu" if args.smoke else "cuda"
     sweep_dir = ROOT / "experiments"
-    points = [compose_point(sweep_dir, "isoflop_paper", o) for o in grid(sweep_dir, "isoflop_paper", [])]
     from omegaconf import OmegaConf
+
+    from peerlab.parallel.micro_batch import is_auto, with_micro_batch
+
+    points = [compose_point(sweep_dir, "isoflop_paper", o) for o in grid(sweep_dir, "isoflop_paper", [])]
+    # one GPU, the whole model: the grid's fixed alternative (4 x 4, its header) stands for data.batch_size=auto
+    points = [with_micro_batch(p, 4, 4) if is_auto(p) else p for p in points]
 
     if args.smoke:  # the same code at toy sizes
         points = [OmegaConf.merge(p, {"model": {"depth": 2, "d_model": 64, "aspect_ratio": 32, "head_dim": 32},

@@ -272,6 +272,7 @@ def test_step_time_and_gpu_hours_follow_their_counts():
     assert row["device_gb"] == 80 and row["step_s"] == pytest.approx(list(t.step_s))
     assert row["gpu_hours"] == pytest.approx([row["steps"] * s * 8 / 3600 for s in t.step_s])
     assert row["tokens_per_s"] == pytest.approx([128 * 2048 / s for s in reversed(t.step_s)])
+    assert row["sweep_gpu_hours"] == pytest.approx(row["gpu_hours"])  # a sweep of one point
 
 
 def test_the_docs_list_the_cards_the_time_model_knows():

@@ -355,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                                    for_a_gpu=args.device_gb is not None or gpu is not None, gpu=gpu))
     except (*USER_ERRORS, HydraException, OmegaConfBaseException) as exc:
         fail(str(exc).strip().splitlines()[0])
+    if gpu is not None:  # the whole sweep's cost, in every row of --json too
+        total = [sum(r["gpu_hours"][i] for r in rows if r.get("gpu_hours")) for i in (0, 1)]
+        for r in rows:
+            r["sweep_gpu_hours"] = total
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
               f"the CUDA context and NCCL's buffers (peerlab.parallel.cuda_overhead) under 90% (GiB per device, "
               f"{rows[0]['device'] if rows else 'cuda'}; python -m peerlab.plan --help)")
         if gpu is not None:
-            hours = [sum(r["gpu_hours"][i] for r in rows if r.get("gpu_hours")) for i in (0, 1)]
+            hours = rows[0]["sweep_gpu_hours"] if rows else [0.0, 0.0]
             print(f"on {gpu.name}: {hours[0]:,.0f}-{hours[1]:,.0f} GPU-hours in all, an estimate (step s: "
                   "communication hidden behind compute, or not at all; peerlab.parallel.step_time)")
     return 0
