@@ -46,7 +46,7 @@ def test_saved_activations_match_the_saved_tensor_hooks(layer, precision):
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_peak_of_a_training_step_matches_the_profiler(layer, setting):
     est, measured = step_peaks(layer, setting)
-    # measured: -9.3% to +16.6% against the profiler, by mixer and setting (experiments/results/memory/accuracy.md)
+    # measured: -2.1% to +16.6% against the profiler, by mixer and setting (experiments/results/memory/accuracy.md)
     assert est.peak == pytest.approx(measured, rel=0.25), est
 
 
