@@ -42,12 +42,17 @@ def test_saved_activations_match_the_saved_tensor_hooks(layer, precision):
     assert planned == pytest.approx(measured, rel=0.005)
 
 
+# Each mixer's largest |planned / measured - 1| over the settings (experiments/results/memory/accuracy.md, 2026-12-08),
+# and a bound of 1.5 times it (at least 8%): two runs of the probe differ by up to about one point.
+STEP_PEAK_MEASURED = {"ffw": 0.087, "memory_plus": 0.054, "moe": 0.076, "moe_fine": 0.121, "moe_tc": 0.162,
+                      "peer": 0.113, "peer_linear": 0.089, "pkm": 0.166}
+
+
 @pytest.mark.parametrize("setting", list(PROBE_SETTINGS.values()), ids=list(PROBE_SETTINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_peak_of_a_training_step_matches_the_profiler(layer, setting):
     est, measured = step_peaks(layer, setting)
-    # measured: -2.1% to +16.6% against the profiler, by mixer and setting (experiments/results/memory/accuracy.md)
-    assert est.peak == pytest.approx(measured, rel=0.25), est
+    assert est.peak == pytest.approx(measured, rel=max(0.08, 1.5 * STEP_PEAK_MEASURED[layer])), est
 
 
 def test_peer_with_sparse_table_gradients_counts_the_rows_a_step_uses():
