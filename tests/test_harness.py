@@ -162,3 +162,19 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval.api.model", None)
     with pytest.raises(ConfigError, match=r"lm-eval is not installed.*pip install -e '\.\[eval\]'"):
         import peerlab.harness  # noqa: F401
+
+
+def test_wandb_true_adds_the_scores_to_the_checkpoints_own_run(tmp_path):
+    """The scores land, as a table, in the W&B run of the checkpoint's folder (offline here), one row past its last
+    logged step, as eval.py's perplexities do."""
+    from peerlab import wandb_offline
+    from peerlab.harness import _log_wandb
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_checkpoint(run_dir / "checkpoints" / "last.ckpt", "ffw")
+    results = {"results": {"peerlab_mc": {"alias": "peerlab_mc", "acc,none": 0.5, "acc_stderr,none": 0.1}}}
+    _log_wandb(str(run_dir / "checkpoints" / "last.ckpt"), "ffw w 1e9", results)
+    (folder,) = sorted((run_dir / "wandb").glob("offline-run-*"))
+    (row,) = wandb_offline.history(folder)
+    assert row["eval/harness/_type"] == "table-file" and row["eval/harness/nrows"] == 1 and row["_step"] == 0
