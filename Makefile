@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 PYTEST  ?= -q
 
-.PHONY: help install train demo test test-slow lint bench clean
+.PHONY: help install train demo test test-slow lint docs bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-slow: $(STAMP)  ## the multi-process and end-to-end checks (FSDP/DDP on 2 C
 
 lint: $(STAMP)  ## ruff lint
 	$(PY) -m ruff check src tests benchmarks experiments train.py eval.py generate.py
+
+docs: $(STAMP)  ## rewrite the tables in docs/ that code prints (config groups, sizes, cards, the planner's grid)
+	$(PY) -m peerlab.doc_tables
 
 bench: $(STAMP)  ## layers, PyPI PEER-pytorch/PKM and training steps side by side -> benchmarks/RESULTS.md (~10 min)
 	$(PY) -m pip install -q -e ".[bench]"
