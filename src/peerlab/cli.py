@@ -44,11 +44,12 @@ output_folder = _output(file=False)
 output_file = _output(file=True)
 
 
-def key_values(argv: list[str], allowed: dict[str, str], required: tuple[str, ...], prog: str) -> dict[str, str]:
+def key_values(argv: list[str], allowed: dict[str, str], required: tuple[str, ...], prog: str,
+               about: str = "") -> dict[str, str]:
     """``key=value`` arguments (as train.py's): ``allowed`` maps each key to its help; a stray, repeated or missing
     key is refused in one line. ``--help`` prints the keys."""
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {prog} " + " ".join(f"{k}=..." for k in allowed) + "\n")
+        print(f"usage: {prog} " + " ".join(f"{k}=..." for k in allowed) + "\n" + (f"\n{about}\n" if about else ""))
         print("\n".join(f"  {k:<14} {text}" for k, text in allowed.items()))
         sys.exit(0)
     out: dict[str, str] = {}

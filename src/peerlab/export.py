@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = key_values(sys.argv[1:] if argv is None else argv,
                       {"ckpt": "a peerlab checkpoint (last.ckpt, best.ckpt)", "out": "a new folder for the model"},
-                      ("ckpt", "out"), "python -m peerlab.export")
+                      ("ckpt", "out"), "python -m peerlab.export",
+                      "A checkpoint as a Hugging Face model folder (docs/export-and-harness.md).")
     try:
         out = export(args["ckpt"], args["out"])
     except USER_ERRORS as exc:

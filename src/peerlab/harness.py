@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     from peerlab.cli import fail, key_values
     from peerlab.errors import USER_ERRORS
 
-    args = key_values(sys.argv[1:] if argv is None else argv, ARGS, ("ckpt", "tasks"), "python -m peerlab.harness")
+    args = key_values(sys.argv[1:] if argv is None else argv, ARGS, ("ckpt", "tasks"), "python -m peerlab.harness",
+                      "lm-evaluation-harness tasks on a checkpoint (docs/export-and-harness.md).")
     try:
         limit = float(args["limit"]) if args.get("limit") else None
         limit = int(limit) if limit is not None and limit >= 1 else limit
