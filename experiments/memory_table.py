@@ -53,7 +53,7 @@ def model(name: str, layer: str, **layer_overrides):
 
 def needs(net, ex: Execution) -> float:
     """GiB the fit test compares: the peak and what lies outside PyTorch's allocator."""
-    return (estimate(net, ex).peak + sum(cuda_overhead.of(ex).values())) / GIB
+    return (estimate(net, ex).peak + cuda_overhead.total(ex)) / GIB
 
 
 def cell(net, ex: Execution, m) -> tuple[str, float]:

@@ -21,7 +21,7 @@ def planned(cfg, micro: int, world: int = 8) -> float:
     per = cfg.data.sequences_per_step // world
     model = _meta_model(cfg)
     ex = execution(with_micro_batch(cfg, micro, per // micro), "cuda", world, model)
-    return estimate(model, ex).peak + sum(cuda_overhead.of(ex).values())
+    return estimate(model, ex).peak + cuda_overhead.total(ex)
 
 
 def test_the_largest_micro_batch_under_the_limit_is_chosen_and_the_step_is_unchanged(compose, caplog):

@@ -30,7 +30,6 @@ SHIM_NAME = "modeling_peerlab.py"
 
 def export(ckpt: str | Path, out: str | Path) -> Path:
     """Write the folder (see the module's docstring); returns it. Raises ``ConfigError`` in one line on bad input."""
-    from peerlab.checkpointing import load_checkpoint_dict
     from peerlab.config import ConfigError
     from peerlab.errors import missing_extra
     from peerlab.evaluate import load_checkpoint
@@ -47,7 +46,7 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"out={str(out)!r}: exists and is not empty; choose a new folder")
     module, tokenizer = load_checkpoint(ckpt)  # checked as data first: settings, then weights' shapes
-    hparams = load_checkpoint_dict(Path(ckpt).expanduser(), key="ckpt")["hyper_parameters"]
+    hparams = dict(module.hparams)  # the checkpoint's hyper_parameters, as the module was rebuilt from them
     out.mkdir(parents=True, exist_ok=True)
     config = PeerlabConfig(peerlab=hparams, architectures=["PeerlabForCausalLM"],
                            auto_map={"AutoConfig": f"{SHIM_NAME[:-3]}.PeerlabConfig",

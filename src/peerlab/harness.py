@@ -105,10 +105,8 @@ class PeerlabLM(LM):
             if kwargs.get("do_sample") or kwargs.get("temperature", 0) not in (0, 0.0, None):
                 raise ConfigError("peerlab.harness generates greedily; this task asks for sampling")
             sampling = Sampling(max_new_tokens=int(kwargs.get("max_gen_toks", self.max_gen_toks)), temperature=0)
-            text = complete(self.model, self.tokenizer, context, sampling, stop=until, cache=True)
-            for stop in until:  # the harness's convention: the continuation ends before the first stop string
-                text = text.split(stop)[0]
-            out.append(text)
+            # complete() ends the text before the first stop string, the harness's convention
+            out.append(complete(self.model, self.tokenizer, context, sampling, stop=until, cache=True))
         return out
 
 

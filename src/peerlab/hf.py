@@ -67,7 +67,6 @@ class PeerlabForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = PeerlabConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _supports_cache_class = False
 
     def __init__(self, config: PeerlabConfig) -> None:
         from peerlab.builders import build_model

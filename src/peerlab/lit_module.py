@@ -105,17 +105,13 @@ class LanguageModel(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp``: cut the model into FSDP units (``peerlab.parallel.fsdp``), once."""
-        from peerlab.parallel.fsdp import blocks_dtype, is_sharded, shard_model
+        from peerlab.parallel.fsdp import is_sharded, shard_for_training
 
         if not self.sharded or is_sharded(self.model):
             return
-        from peerlab.parallel.memory_parallel import shard_tables
-
         strategy = self.trainer.strategy
-        tables_mesh = getattr(strategy, "tables_mesh", None)
-        tables = shard_tables(self.model, tables_mesh) if tables_mesh is not None else []
-        dtype = blocks_dtype(strategy.root_device.type, str(self.trainer.precision))
-        shard_model(self.model, self.device_mesh["data_parallel"], dtype, set(tables))
+        shard_for_training(self.model, self.device_mesh["data_parallel"], getattr(strategy, "tables_mesh", None),
+                           strategy.root_device.type, str(self.trainer.precision))
 
     def on_fit_start(self) -> None:
         if self._reduced_here:  # DDP broadcasts rank 0's weights at wrap time, but not those it ignores

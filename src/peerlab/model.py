@@ -6,6 +6,7 @@ the others get ``dense_mixer(...)``. Both factories take ``d_model`` and ``n_lay
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -146,7 +147,7 @@ class KVCache:
 
     def row(self, i: int) -> KVCache:
         """Sequence ``i``'s share, a view: a prompt runs alone through it (prompts differ in length)."""
-        view = object.__new__(KVCache)
+        view = copy.copy(self)
         view.layers = [(k[i : i + 1], v[i : i + 1]) for k, v in self.layers]
         view.lengths = self.lengths[i : i + 1]
         return view

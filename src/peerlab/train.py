@@ -122,7 +122,7 @@ def evaluate(module: LanguageModel, loader) -> tuple[float, dict[str, float]]:
     return (sums[0] / sums[1]).item(), stats
 
 
-def settle_micro_batch(cfg: DictConfig, run_dir: Path) -> DictConfig:
+def settle_micro_batch(cfg: DictConfig, run_dir: Path, cuda: bool) -> DictConfig:
     """``data.batch_size=auto`` made concrete before anything reads it (peerlab.parallel.micro_batch): the choice a
     resumed run's folder recorded, else the largest micro-batch that fits this device."""
     from peerlab.parallel import micro_batch
@@ -133,7 +133,7 @@ def settle_micro_batch(cfg: DictConfig, run_dir: Path) -> DictConfig:
         micro_batch.check_consistent(cfg, world)
         return cfg
     saved = run_folder.saved_config(run_dir) if cfg.resume and run_folder.holds_run(run_dir) else None
-    device = "cuda" if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    device = "cuda" if cuda else "cpu"
     limit = micro_batch.device_limit(device, max(1, world // int(cfg.trainer.num_nodes)), HEADROOM)
     return micro_batch.settle(cfg, world, device, limit, saved)
 
@@ -158,7 +158,8 @@ def run(cfg: DictConfig) -> dict:
 
 def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict:
     check_mixer(cfg)
-    cfg = settle_micro_batch(cfg, run_dir)
+    cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    cfg = settle_micro_batch(cfg, run_dir, cuda)
     done = run_folder.settle(run_dir, cfg, rank)  # refuses another config; resume=false moves the earlier run aside
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg, progress=cfg.trainer.progress_bar)
@@ -173,7 +174,6 @@ def _run_in_folder(cfg: DictConfig, run_dir: Path, rank: int, t0: float) -> dict
             print(message, flush=True)
         return done
 
-    cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     set_matmul_precision(cfg.trainer.get("matmul_precision", "auto"), cuda)
     data = cfg.data
 

@@ -107,12 +107,9 @@ def _dominance_tensors(k: int, device: torch.device) -> tuple[torch.Tensor, torc
 def _dominance_pairs(k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_dominance_positions` as index tensors on ``like``'s device, made once per device; under a fake mode
     (peerlab.parallel.fake_step) made afresh, since a cached real tensor cannot meet fake ones."""
-    from peerlab.mixers.row_groups import is_fake
+    from torch._subclasses.fake_tensor import is_fake
 
-    if is_fake(like):
-        rows, cols = _dominance_positions(k)
-        return torch.tensor(rows, device=like.device), torch.tensor(cols, device=like.device)
-    return _dominance_tensors(k, like.device)
+    return (_dominance_tensors.__wrapped__ if is_fake(like) else _dominance_tensors)(k, like.device)
 
 
 QUERY_NORMS = ("batch", "layer", "none")

@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 from peerlab.mixers.sparse_grads import GradMode, expected_rows, sparse_this_step
-
-
-def is_fake(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
 
 
 class RowGroups:

@@ -59,3 +59,8 @@ def overhead(device_type: str, strategy: str, world: int, memory_parallel: int =
 def of(ex) -> dict[str, int]:
     """:func:`overhead` of an :class:`~peerlab.parallel.memory.Execution`."""
     return overhead(ex.device_type, ex.strategy, ex.world, ex.memory_parallel)
+
+
+def total(ex) -> int:
+    """Bytes of :func:`of`, all terms."""
+    return sum(of(ex).values())

@@ -1,8 +1,8 @@
 """A real training step at full scale, measured without a GPU: torch's fake tensors and torch's own memory tracker.
 
-The step is peerlab's: the model ``train.py`` builds, cut into the FSDP units ``trainer=fsdp`` uses
-(:func:`peerlab.parallel.fsdp.shard_model`), its expert tables split by columns when ``trainer.memory_parallel``
-is above 1 (:func:`peerlab.parallel.memory_parallel.shard_tables`, the group's collectives as in training),
+The step is peerlab's: the model ``train.py`` builds, cut as ``trainer=fsdp`` cuts it
+(:func:`peerlab.parallel.fsdp.shard_for_training`, which the LightningModule calls too: the FSDP units, and the
+expert tables split by columns when ``trainer.memory_parallel`` is above 1, the group's collectives as in training),
 LazyAdamW with the LightningModule's parameter groups, ``accumulate`` micro-batches of ``data.batch_size``
 sequences, forward, backward and the optimizer step. It runs in one process on a fake process group of ``world``
 ranks (``init_process_group("fake")``: collectives do nothing) under ``FakeTensorMode`` (tensors have shapes and no
@@ -107,8 +107,8 @@ def tracked_step(cfg: DictConfig, world: int, vocab_size: int, memory_parallel: 
     from peerlab.config import precision_name
     from peerlab.flops import tokens_per_step
     from peerlab.lit_module import LanguageModel
-    from peerlab.parallel.fsdp import blocks_dtype, shard_model
-    from peerlab.parallel.memory_parallel import build_mesh, reduce_table_grads, shard_tables, table_params
+    from peerlab.parallel.fsdp import shard_for_training
+    from peerlab.parallel.memory_parallel import build_mesh, reduce_table_grads, table_params
 
     if cfg.trainer.strategy != "fsdp":
         raise ValueError(f"trainer.strategy={cfg.trainer.strategy!r}: the tracked step runs trainer=fsdp only")
@@ -128,8 +128,7 @@ def tracked_step(cfg: DictConfig, world: int, vocab_size: int, memory_parallel: 
             model = module.model
             for mixer in model.mixers:  # as under NCCL: PEER's tables take dense gradients
                 mixer.prepare_for_backend(sharded=True, group=("nccl", world))
-            tables = shard_tables(model, tables_mesh) if tables_mesh is not None else []
-            shard_model(model, data_mesh, blocks_dtype("cuda", precision), set(tables))
+            tables = shard_for_training(model, data_mesh, tables_mesh, "cuda", precision)  # as on CUDA
             optimizer = module.configure_optimizers()["optimizer"]
             for group in optimizer.param_groups:
                 group["fused"] = fused_adamw

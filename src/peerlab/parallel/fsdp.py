@@ -74,6 +74,19 @@ def shard_model(model: Transformer, mesh, blocks_dtype: torch.dtype | None = Non
                     ignored_params=ignored)
 
 
+def shard_for_training(model: Transformer, data_mesh, tables_mesh, device_type: str,
+                       precision: str) -> list[torch.nn.Parameter]:
+    """What ``trainer=fsdp`` does to the model, in one place for the LightningModule's ``configure_model`` and for
+    ``peerlab.parallel.fake_step``: the expert tables split over ``tables_mesh``'s memory-parallel groups (when
+    given; ``peerlab.parallel.memory_parallel``), then FSDP units over ``data_mesh``, the blocks gathered in
+    :func:`blocks_dtype`. Returns the split tables."""
+    from peerlab.parallel.memory_parallel import shard_tables
+
+    tables = shard_tables(model, tables_mesh) if tables_mesh is not None else []
+    shard_model(model, data_mesh, blocks_dtype(device_type, precision), set(tables))
+    return tables
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -228,12 +228,16 @@ def split_tables(model: Transformer, ex: Execution) -> set[torch.nn.Parameter]:
     return {q for mixer in model.mixers for q in mixer.expert_tables().values()}
 
 
+def held(q: torch.nn.Parameter, split: set[torch.nn.Parameter], ex: Execution) -> int:
+    """Elements of ``q`` one device holds: 1/M of a table in ``split``, 1/W under FSDP (each shard padded to a whole
+    row count, as ``fully_shard`` pads), all of it otherwise."""
+    return math.ceil(q.numel() / (ex.memory_parallel if q in split else ex.world if ex.sharded else 1))
+
+
 def held_elements(model: Transformer, ex: Execution) -> int:
-    """Elements of every parameter one device holds between steps: 1/W of each under FSDP (each shard padded to a
-    whole row count, as ``fully_shard`` pads), 1/M of a split table, all of them otherwise."""
+    """Elements of every parameter one device holds between steps (:func:`held`)."""
     split = split_tables(model, ex)
-    shard = ex.world if ex.sharded else 1
-    return sum(math.ceil(q.numel() / (ex.memory_parallel if q in split else shard)) for q in model.parameters())
+    return sum(held(q, split, ex) for q in model.parameters())
 
 
 def _fsdp_units(model: Transformer, ex: Execution) -> tuple[list[tuple[str, int, int]], int]:
@@ -256,17 +260,14 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     rows = rows_used(model, ex.tokens * ex.accumulate)
     shard = (lambda x: math.ceil(x / W)) if ex.sharded else (lambda x: x)
     split = split_tables(model, ex)  # split by columns: 1/M of each on every rank, no FSDP
-
-    def held(q) -> int:
-        return math.ceil(q.numel() / ex.memory_parallel) if q in split else shard(q.numel())
-
     held_total = held_elements(model, ex)
     params = f * held_total
     tensors = sum(1 for _ in model.parameters())
     optimizer = ADAMW_MOMENTS * f * held_total + STEP_BYTES * tensors  # two moments, and each tensor's step count
 
     def grad_bytes(params_of) -> int:
-        return sum(rows[id(q)] * (q.shape[1] * f + INT64) if id(q) in sparse else f * held(q) for q in params_of)
+        return sum(rows[id(q)] * (q.shape[1] * f + INT64) if id(q) in sparse else f * held(q, split, ex)
+                   for q in params_of)
 
     grads = grad_bytes(model.parameters())
     if ex.strategy == "ddp" and W > 1 and not ex.ddp_bucket_view:  # the buckets beside the gradients
@@ -283,12 +284,12 @@ def estimate(model: Transformer, ex: Execution) -> Estimate:
     order = [u for u, _, _ in units]
 
     def fsdp_unit_load(name: str, backward: bool) -> tuple[int, int]:
-        """In forward, a unit's gathered weights and all-gather buffers (below); in backward, its gathered weights,
-        the next one's (prefetch) and its unsharded gradients. Then,
-        in backward, what its post-backward holds once FSDP2 has freed the gathered weights (and autograd the
-        part's saved tensors): the prefetched unit, the unsharded gradients and their float32 copy for the
-        reduce-scatter (16-bit units). Measured apart by torch's tracker (peerlab.parallel.fake_step): d24/moe's
-        MoE block peaks at its reduce-scatter, with its weights already freed."""
+        """``(while computing, while reducing)``. In forward: a unit's gathered weights and all-gather buffers
+        (below). In backward: its gathered weights, the next one's (prefetch) and its unsharded gradients; then what
+        its post-backward holds once FSDP2 has freed the gathered weights (and autograd the part's saved tensors):
+        the prefetched unit, the unsharded gradients and their float32 copy for the reduce-scatter (16-bit units).
+        Measured apart by torch's tracker (peerlab.parallel.fake_step): d24/moe's MoE block peaks at its
+        reduce-scatter, with its weights already freed."""
         names = [u for u in order if u == name or u.startswith(name + " ")]
         if not names:
             return 0, 0

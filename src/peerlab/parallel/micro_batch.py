@@ -31,11 +31,9 @@ class NothingFits(ConfigError):
 
 
 def per_device_sequences(cfg: DictConfig, world: int) -> int:
-    """``data.sequences_per_step / world``, refused in one line unless it divides."""
-    total = cfg.data.get("sequences_per_step")
-    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
-        raise ConfigError(f"data.sequences_per_step={total!r}: data.batch_size=auto needs it, an integer >= 1: the "
-                          "sequences of one optimizer step over all processes (the paper's: 128)")
+    """``data.sequences_per_step / world`` (its value checked by ``peerlab.config.validate``), refused in one line
+    unless it divides."""
+    total = int(cfg.data.sequences_per_step)
     if total % world:
         raise ConfigError(f"data.sequences_per_step={total}: must be a multiple of the {world} processes, so that each "
                           "runs the same micro-batches")
@@ -71,7 +69,7 @@ def choose(cfg: DictConfig, world: int, device: str, limit_bytes: float) -> tupl
     need = None
     for micro in sorted((m for m in range(1, per_device + 1) if per_device % m == 0), reverse=True):
         ex = execution(with_micro_batch(cfg, micro, per_device // micro), device, world, model)
-        need = estimate(model, ex).peak + sum(cuda_overhead.of(ex).values())
+        need = estimate(model, ex).peak + cuda_overhead.total(ex)
         if need <= limit_bytes:
             return micro, per_device // micro, need
     raise NothingFits(f"data.batch_size=auto: even 1 sequence per micro-batch needs about {need / 2**30:.3g} GiB per "

@@ -146,7 +146,7 @@ def what_fits(build, ex: Execution, limit: float, variants=(), outside=None) -> 
     change with the lowest peak of all (what the point needs at least). ``build()`` makes the model on the meta
     device; ``variants``, ``(overrides, build)`` of other models (PEER's chunked path), are tried after every change
     of how the step runs has failed, alone and then with each of those changes."""
-    outside = outside or (lambda e: sum(cuda_overhead.of(e).values()))
+    outside = outside or cuda_overhead.total
     lowest = None
     model = build()
     splits = ranked(model, ex) if ex.world > 1 and any(m.expert_tables() for m in model.mixers) else []
@@ -193,9 +193,10 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
     validate(cfg)
     device = device or device_type(cfg, for_a_gpu)
     world = world_size(cfg.trainer)  # devices x nodes; "auto" counts the GPUs visible here (one without)
+    limit = HEADROOM * device_gib * GIB
     auto_micro = micro_batch.is_auto(cfg)
     try:
-        cfg = micro_batch.settle(cfg, world, device, HEADROOM * device_gib * GIB)  # data.batch_size=auto: what fits
+        cfg = micro_batch.settle(cfg, world, device, limit)  # data.batch_size=auto: what fits
     except micro_batch.NothingFits:  # shown as a point that does not fit, with what would
         cfg = micro_batch.with_micro_batch(cfg, 1, micro_batch.per_device_sequences(cfg, world))
     model = _meta_model(cfg)
@@ -223,7 +224,6 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
                                  "communication": timing.comm_s})
         if row.get("steps"):
             row["gpu_hours"] = [row["steps"] * t * world / 3600 for t in (fast, slow)]
-    limit = HEADROOM * device_gib * GIB
     outside = cuda_overhead.of(ex)
     row.update(estimate_gb=gib(est.peak), states_gb=gib(est.model_states), activations_gb=gib(est.activations),
                transients_gb=gib(est.transients), phase=est.phase, overhead_gb=gib(sum(outside.values())),
@@ -236,7 +236,7 @@ def plan_point(cfg: DictConfig, overrides: list[str], device_gib: float, device:
             row["suggestion"] = {"overrides": list(change.overrides), "estimate_gb": gib(change.estimate.peak),
                                  "comm_gb_per_step": sum(comm_bytes(model, change.execution).values()) / GB}
         else:
-            row["needs_gb"] = gib(lowest.estimate.peak + sum(cuda_overhead.of(lowest.execution).values())) / HEADROOM
+            row["needs_gb"] = gib(lowest.estimate.peak + cuda_overhead.total(lowest.execution)) / HEADROOM
             row["lowest"] = {"overrides": list(lowest.overrides), "estimate_gb": gib(lowest.estimate.peak)}
     return row
 
