@@ -30,15 +30,23 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from peerlab.config import precision_name
+from peerlab.config import PRECISIONS, precision_name
 from peerlab.mixers.base import ActivationMemory, Precision
 from peerlab.mixers.sparse_grads import expected_rows
 from peerlab.model import Transformer
 from peerlab.parallel.fsdp import blocks_dtype
 from peerlab.parallel.fsdp import units as fsdp_units
 
-# bytes of weights/full-precision activations and of matmul outputs under each Lightning precision setting
-BYTES = {"32-true": Precision(4, 4), "bf16-mixed": Precision(4, 2), "16-mixed": Precision(4, 2), "64-true": Precision(8, 8)}
+
+def _bytes(precision: str) -> Precision:
+    """Bytes of weights/full-precision activations and of matmul outputs under a Lightning precision setting: 8 for
+    ``64-true``, 4 otherwise, and 2 for a ``*-mixed`` setting's matmuls (autocast)."""
+    full = 8 if precision.startswith("64") else 4
+    return Precision(full, 2 if precision.endswith("-mixed") else full)
+
+
+# every precision the schema accepts (peerlab.config.PRECISIONS, the one list), with its bytes
+BYTES = {name: _bytes(name) for name in PRECISIONS}
 STRATEGIES = ("single", "ddp", "fsdp")
 ADAMW_MOMENTS = 2
 STEP_BYTES = 4  # AdamW's step count per parameter tensor: a float32 scalar tensor
