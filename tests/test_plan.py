@@ -353,3 +353,22 @@ def test_every_precision_lightning_names_either_plans_or_is_refused_in_one_line(
             assert str(exc).startswith(f"trainer.precision={name!r}") and "\n" not in str(exc)
             continue
         assert plan_point(cfg, [], 80.0, device="cuda")["precision"] == precision_name(name)
+
+
+def test_the_cuda_context_and_nccls_buffers_are_counted_per_process_group():
+    """peerlab.parallel.cuda_overhead: the cited figures, one NCCL communicator per group that runs collectives, the
+    all-to-all's channels only where split tables use it, nothing off CUDA; the fit test adds them to the peak."""
+    from peerlab.parallel.cuda_overhead import CUDA_CONTEXT, NCCL_ALL_TO_ALL, NCCL_COMMUNICATOR, overhead
+
+    more, two = NCCL_COMMUNICATOR["more"], NCCL_COMMUNICATOR[2]
+    assert overhead("cpu", "fsdp", 8, 8) == {}
+    assert overhead("cuda", "single", 1) == {"CUDA context": CUDA_CONTEXT}
+    assert overhead("cuda", "ddp", 8) == {"CUDA context": CUDA_CONTEXT, "NCCL communicators": more}
+    assert overhead("cuda", "fsdp", 8) == {"CUDA context": CUDA_CONTEXT, "NCCL communicators": 2 * more}
+    assert overhead("cuda", "fsdp", 8, 8) == {"CUDA context": CUDA_CONTEXT, "NCCL communicators": 3 * more,
+                                              "NCCL all-to-all": NCCL_ALL_TO_ALL}
+    assert overhead("cuda", "fsdp", 8, 2)["NCCL communicators"] == 3 * more + two  # the tables' pairs, 4 replicas
+    row = json.loads(plan("-cd", "experiments", "-cn", "isoflop_paper", "--device-gb", "40", "--json", "budget=6e18",
+                          "model=d12", "layer=peer").stdout)[0]
+    assert row["overhead_gb"] * 2**30 == pytest.approx(CUDA_CONTEXT + 3 * more + NCCL_ALL_TO_ALL)
+    assert row["fits"] == (row["estimate_gb"] + row["overhead_gb"] <= 0.9 * 40)
